@@ -1,3 +1,3 @@
-"""slobench: how much real traffic can this serving setup carry while every application meets its SLO?"""
+"""slobench: can this LLM serving setup carry real traffic while every application meets its SLO?"""
 
 __version__ = "0.1.0"

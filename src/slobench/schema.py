@@ -1,4 +1,6 @@
-"""The two core tables: Workload (what to send) and Records (what happened). Column names are the contract.
+"""The two core tables: Workload (what to send) and Records (what happened).
+
+Column names are the contract.
 
 Both are Arrow tables stored as Parquet. This module is the lowest layer: every other layer imports
 it, it imports nothing of slobench except errors.
@@ -105,7 +107,7 @@ WORKLOAD_DEFAULTS: dict[str, object] = {
 
 def _conform(table: pa.Table, schema: pa.Schema, defaults: dict[str, object], what: str,
              source: str) -> pa.Table:
-    """Reorder, fill optional columns with defaults and cast; raise UserError naming what is wrong."""
+    """Reorder, fill optional columns with defaults and cast; UserError says what is wrong."""
     columns = []
     n = table.num_rows
     for field in schema:
@@ -139,7 +141,8 @@ def conform_workload(table: pa.Table, source: str = "workload") -> pa.Table:
     import pyarrow.compute as pc
 
     if n_bad := pc.sum(pc.less(table["arrival_s"], 0.0)).as_py():
-        raise UserError(f"{source}: {n_bad} row(s) have a negative arrival_s; arrivals are offsets >= 0")
+        raise UserError(f"{source}: {n_bad} row(s) have a negative arrival_s; arrivals are "
+                        "offsets >= 0 from the start")
     if pc.sum(pc.less(table["input_tokens"], 0)).as_py() or pc.sum(
         pc.less(table["output_tokens"], 0)
     ).as_py():

@@ -1,0 +1,239 @@
+"""One benchmark run, start to finish: probe the target, open a run directory, drive the load,
+turn the journal into records, judge client health, summarize against the SLOs.
+
+This is the library behind ``slobench run`` and ``slobench report``; the CLI only parses options
+and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pyarrow as pa
+
+from slobench.client.backends.openai import OpenAIBackend, normalize_base_url
+from slobench.client.backends.presets import get_preset
+from slobench.client.journal import Journal
+from slobench.client.pacing import LoadPlan
+from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
+from slobench.clock import RunClock
+from slobench.errors import UserError
+from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
+from slobench.slo.spec import SLOSet, parse_slo
+from slobench.slo.summary import summarize
+from slobench.store.rundir import SUMMARY, RunDir
+
+
+@dataclass
+class TargetConfig:
+    url: str | None = None  # None: start the built-in target
+    model: str | None = None
+    engine: str = "generic"
+    endpoint: str = "chat"
+    stream: bool = True
+    api_key: str | None = field(default=None, repr=False)  # never written anywhere
+    headers: dict[str, str] = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("api_key")
+        d["api_key_set"] = bool(self.api_key)
+        return d
+
+
+@dataclass
+class BenchmarkConfig:
+    target: TargetConfig
+    plan: LoadPlan
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    slo: str | None = None
+    lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S
+    cpu_threshold: float = DEFAULT_CPU_THRESHOLD
+    out: Path = Path("runs")
+    run_id: str | None = None
+    seed: int = 0
+    workload_source: str = "synthetic"
+    workload_options: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "target": self.target.public(),
+            "plan": asdict(self.plan),
+            "timeouts": asdict(self.timeouts),
+            "slo": self.slo,
+            "lag_threshold_s": self.lag_threshold_s,
+            "cpu_threshold": self.cpu_threshold,
+            "seed": self.seed,
+            "workload_source": self.workload_source,
+            "workload_options": self.workload_options,
+        }
+
+
+@dataclass
+class Analysis:
+    """Everything ``report`` shows about a run."""
+
+    run: RunDir
+    manifest: dict[str, Any]
+    summary: dict[str, Any]
+    health: dict[str, Any]
+    records_source: str
+    torn_lines: int
+    slos: SLOSet
+
+
+# -- the target --------------------------------------------------------------------------------
+
+DEFAULT_SCRIPT = {"ttft_s": 0.08, "tpot_s": 0.012, "tokens_per_chunk": 1}
+
+
+@contextlib.contextmanager
+def built_in_target(model: str | None) -> Iterator[str]:
+    """The default target until the engine emulator lands: the scripted server, in a subprocess
+    so its work never counts as client CPU."""
+    from slobench.engine.scripted import ScriptedServerProcess
+
+    with ScriptedServerProcess(DEFAULT_SCRIPT, model=model or "scripted-model") as srv:
+        yield srv.base_url
+
+
+async def probe_target(target: TargetConfig, timeout_s: float = 10.0) -> str:
+    """Check the target answers before anything is measured; return the model to use."""
+    base = normalize_base_url(target.url or "")
+    headers = dict(target.headers)
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
+                s.get(base + "/v1/models", headers=headers) as resp:
+            status = resp.status
+            body = await resp.read() if status == 200 else b""
+    except aiohttp.ClientConnectorError as exc:
+        raise UserError(f"--target: cannot reach {base} ({exc.os_error or exc}); is the server "
+                        "running and the URL right?") from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise UserError(f"--target: {base} did not answer GET /v1/models within {timeout_s:g}s "
+                        f"({type(exc).__name__}); check the URL and the server") from None
+    if status in (401, 403):
+        raise UserError(f"--target: {base} refused the credentials (HTTP {status}); set the key "
+                        "with --api-key-env NAME (an environment variable holding it)")
+    if target.model:
+        return target.model
+    if status == 200:
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return str(orjson.loads(body)["data"][0]["id"])
+    raise UserError(f"--model: {base} does not list its models (GET /v1/models gave HTTP "
+                    f"{status}); name the model with --model")
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def measurement_window(plan: LoadPlan, outcome: RunOutcome, records: pa.Table) -> list[float]:
+    """[start, end) of scheduled times that the summary counts: warm-up and cool-down excluded,
+    and for an interrupted run, nothing from the first request the interruption cut off."""
+    end = outcome.schedule_end_s
+    if plan.duration_s is not None and not outcome.interrupted:
+        end = plan.duration_s
+    if outcome.interrupted and records.num_rows:
+        import pyarrow.compute as pc
+
+        cancelled = records.filter(pc.equal(records["status"], "cancelled"))
+        if cancelled.num_rows:
+            end = min(end, pc.min(cancelled["scheduled_s"]).as_py())
+    end = max(end, 1e-9)
+    start = min(plan.warmup_s, end)
+    return [start, max(start, end - plan.cooldown_s)]
+
+
+def token_counting(records: pa.Table) -> dict[str, int]:
+    return dict(Counter(records["token_count_source"].to_pylist()))
+
+
+def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
+                  on_start: Callable[[RunDir, Runner], None] | None = None,
+                  on_progress: Callable[[Progress], None] | None = None) -> Analysis:
+    slos = parse_slo(cfg.slo)
+    slos.check_classes(set(workload["app"].to_pylist()))
+    target = cfg.target
+    loop = new_event_loop()
+    try:
+        model = loop.run_until_complete(probe_target(target))
+        backend = OpenAIBackend(target.url or "", model=model, preset=get_preset(target.engine),
+                                endpoint=target.endpoint, stream=target.stream,
+                                api_key=target.api_key, extra_body=target.extra_body,
+                                headers=target.headers)
+        run = RunDir.create(cfg.out, cfg.run_id)
+        secrets = (target.api_key,) if target.api_key else ()
+        run.write_workload(workload)
+        config = cfg.public()
+        config["target"]["model"] = model
+        config["slo"] = slos.to_text()
+        run.start_manifest(config=config, workload=workload, workload_source=cfg.workload_source,
+                           target={"url": backend.base_url, "model": model, "api": backend.name,
+                                   "engine": target.engine, "stream": target.stream},
+                           secrets=secrets)
+        journal = Journal(run.journal_path)
+        clock = RunClock()
+        runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
+                        timeouts=cfg.timeouts, seed=cfg.seed, on_progress=on_progress)
+        if on_start:
+            on_start(run, runner)
+        outcome = loop.run_until_complete(runner.run())
+    finally:
+        loop.close()
+
+    records, torn = run.finalize_records()
+    window = measurement_window(cfg.plan, outcome, records)
+    health = assess(records, outcome.cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
+                    cpu_threshold=cfg.cpu_threshold)
+    summary = summarize(records, slos, window=tuple(window))
+    run.write_json(SUMMARY, {"summary": summary, "client_health": health})
+    manifest = run.update_manifest(
+        status="interrupted" if outcome.interrupted else "complete",
+        window=window,
+        cpu_samples=outcome.cpu_samples,
+        client_health=health,
+        token_counting=token_counting(records),
+        requests_sent=outcome.sent,
+        journal={"torn_lines": torn},
+    )
+    return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)
+
+
+def analyze(path: Path, *, slo: str | None = None, warmup_s: float | None = None,
+            cooldown_s: float | None = None) -> Analysis:
+    """Recompute a run's summary from its files (an interrupted or killed run included)."""
+    run = RunDir.open(path)
+    manifest = run.manifest()
+    config = manifest.get("config") or {}
+    records, source, torn = run.load_records()
+    slos = parse_slo(slo if slo is not None else config.get("slo"), source="--slo" if slo
+                     else f"{path}/manifest.json")
+    window = manifest.get("window")
+    if window is None:  # killed before the end: everything the journal holds
+        plan = config.get("plan") or {}
+        last = records["scheduled_s"].to_numpy().max() + 1e-9 if records.num_rows else 1e-9
+        window = [min(plan.get("warmup_s", 0.0), last), last]
+    if warmup_s is not None or cooldown_s is not None:
+        start, end = window
+        plan = config.get("plan") or {}
+        end_full = end + plan.get("cooldown_s", 0.0)
+        window = [warmup_s if warmup_s is not None else start,
+                  end_full - (cooldown_s if cooldown_s is not None else plan.get("cooldown_s", 0))]
+        if window[1] <= window[0]:
+            raise UserError("--warmup/--cooldown: they leave nothing of the run to summarize")
+    thresholds = (manifest.get("client_health") or {}).get("thresholds") or {}
+    health = assess(records, manifest.get("cpu_samples"),
+                    lag_threshold_s=thresholds.get("send_lag_p99_s", DEFAULT_LAG_THRESHOLD_S),
+                    cpu_threshold=thresholds.get("cpu", DEFAULT_CPU_THRESHOLD))
+    summary = summarize(records, slos, window=tuple(window))
+    return Analysis(run, manifest, summary, health, source, torn, slos)

@@ -1,0 +1,204 @@
+"""``slobench run``: benchmark a target (a URL, or the built-in target) with a workload and SLOs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+import orjson
+import typer
+
+from slobench.benchmark import BenchmarkConfig, TargetConfig, built_in_target, run_benchmark
+from slobench.cli.main import app, user_errors
+from slobench.client.pacing import LoadPlan
+from slobench.client.runner import Timeouts
+from slobench.errors import UserError
+from slobench.report.live import LiveDisplay
+from slobench.report.terminal import console, render
+from slobench.schema import read_workload
+from slobench.slo.spec import parse_slo
+from slobench.units import parse_duration
+from slobench.workload.synthetic import synthetic_workload
+
+_RAMP = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*/\s*([^.]+?)\s*\.\.\s*(\d+)\s*$")
+CLOSED_LOOP_POOL = 5000  # requests drawn (and cycled) by closed-loop users
+
+
+def parse_ramp(text: str) -> tuple[int, int, float, int]:
+    m = _RAMP.match(text)
+    if not m:
+        raise UserError(f"--ramp: '{text}' is not a step ramp; write START+STEP/INTERVAL..MAX, "
+                        "e.g. 2+2/10s..16 (2 users, 2 more every 10 s, up to 16)")
+    interval = parse_duration(m.group(3), "--ramp interval", allow_zero=False)
+    return int(m.group(1)), int(m.group(2)), float(interval or 0), int(m.group(4))
+
+
+def parse_json_object(text: str | None, option: str) -> dict:
+    if not text:
+        return {}
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UserError(f"{option}: not valid JSON ({exc}); write it like "
+                        "'{\"temperature\": 0}'") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{option}: must be a JSON object like '{{\"temperature\": 0}}'")
+    return obj
+
+
+def parse_headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for h in values:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise UserError(f"--header: '{h.split(':')[0]}...' is not 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+@app.command()
+@user_errors
+def run(
+    target: str = typer.Option(None, "--target", "-t", help="Base URL of an OpenAI-compatible "
+                               "server. Default: start the built-in target."),
+    model: str = typer.Option(None, "--model", "-m", help="Model name (default: the first one "
+                              "the server lists)."),
+    engine: str = typer.Option("generic", "--engine", "-e", help="Request fields preset: vllm, "
+                               "sglang, tgi, llamacpp, openai, generic."),
+    endpoint: str = typer.Option("chat", "--endpoint", help="chat or completions."),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens (SSE)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment "
+                                    "variable holding the API key (never written to disk)."),
+    header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value'"
+                                     " (repeatable; values are never written to disk)."),
+    extra_body: str = typer.Option(None, "--extra-body", help="JSON object merged into every "
+                                   "request body."),
+    workload: Path = typer.Option(None, "--workload", "-w", help="Workload Parquet file "
+                                  "(default: a synthetic workload from the options below)."),
+    rate: str = typer.Option("4", "--rate", "-r", help="Requests/s: 10, ramp:1..20/60s or "
+                             "step:2+2/30s..20."),
+    process: str = typer.Option("poisson", "--process", help="Arrivals: poisson, gamma, "
+                                "constant."),
+    cv: float = typer.Option(1.0, "--cv", help="Inter-arrival coefficient of variation (gamma)."),
+    input_tokens: str = typer.Option("lognormal:mean=512,cv=0.6,max=4096", "--input-tokens",
+                                     help="Prompt lengths: 512, lognormal:mean=512,cv=0.6, "
+                                     "uniform:100..200."),
+    output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",
+                                      help="Output lengths (same forms)."),
+    apps: str = typer.Option("chatbot:0.6,coding:0.3,summarization:0.1", "--apps",
+                             help="Application-class mix, e.g. chatbot:0.7,coding:0.3."),
+    reasoning_fraction: float = typer.Option(0.0, "--reasoning-fraction", help="Share of a "
+                                             "reasoning request's output that is thinking."),
+    mode: str = typer.Option("open", "--mode", help="open (arrival schedule), closed (N users),"
+                             " ramp (users added in steps)."),
+    users: int = typer.Option(8, "--users", "-u", help="Closed loop: concurrent users."),
+    think_time: str = typer.Option(None, "--think-time", help="Closed loop: pause between a "
+                                   "user's requests (default: the Workload's think_s)."),
+    ramp: str = typer.Option("2+2/10s..16", "--ramp", help="Step ramp: START+STEP/INTERVAL..MAX"
+                             " users."),
+    max_concurrency: int = typer.Option(None, "--max-concurrency", help="Cap on requests in "
+                                        "flight (queueing counts in latency)."),
+    duration: str = typer.Option(None, "--duration", "-d", help="Stop sending after this long "
+                                 "(e.g. 60s). Default: 20s unless --requests is given."),
+    requests: int = typer.Option(None, "--requests", "-n", help="Stop after this many "
+                                 "requests."),
+    warmup: str = typer.Option("0s", "--warmup", help="Excluded from the summary (kept in "
+                               "records)."),
+    cooldown: str = typer.Option("0s", "--cooldown", help="Excluded from the summary at the "
+                                 "end."),
+    timeout: str = typer.Option("600s", "--timeout", help="Per-request time limit."),
+    stall_timeout: str = typer.Option("60s", "--stall-timeout", help="Longest silence within a "
+                                      "response."),
+    slo: str = typer.Option(None, "--slo", "-s", help="SLOs per class, e.g. 'chatbot: "
+                            "ttft<=1s, tpot<=100ms; coding: tpot<=50ms' (defaults: docs/slo.md)."),
+    lag_threshold: str = typer.Option("5ms", "--lag-threshold", help="p99 send lag above which "
+                                      "the run is not valid."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where run directories go."),
+    run_id: str = typer.Option(None, "--run-id", help="Name of the run directory."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the workload."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Benchmark a target with a workload; report latency, SLO attainment and goodput."""
+    duration_s = parse_duration(duration, "--duration", allow_zero=False)
+    if duration_s is None and requests is None and workload is None:
+        duration_s = 20.0
+    ramp_start, ramp_step, ramp_interval, ramp_max = parse_ramp(ramp)
+    plan = LoadPlan(
+        mode=mode, users=users, think_s=parse_duration(think_time, "--think-time"),  # type: ignore[arg-type]
+        ramp_start=ramp_start, ramp_step=ramp_step, ramp_interval_s=ramp_interval,
+        ramp_max=ramp_max, max_concurrency=max_concurrency, duration_s=duration_s,
+        max_requests=requests, warmup_s=parse_duration(warmup, "--warmup") or 0.0,
+        cooldown_s=parse_duration(cooldown, "--cooldown") or 0.0,
+    ).validate()
+    if mode == "ramp" and duration_s is None and requests is None:
+        plan = LoadPlan(**{**plan.__dict__, "duration_s": ramp_interval * (
+            1 + -(-(ramp_max - ramp_start) // ramp_step))})
+    slos = parse_slo(slo)  # fail fast on a bad spec, before anything starts
+    timeouts = Timeouts(request_s=parse_duration(timeout, "--timeout", allow_zero=False) or 600,
+                        stall_s=parse_duration(stall_timeout, "--stall-timeout",
+                                               allow_zero=False) or 60)
+    options = {"rate": rate, "process": process, "cv": cv, "input_tokens": input_tokens,
+               "output_tokens": output_tokens, "apps": apps,
+               "reasoning_fraction": reasoning_fraction}
+    if workload is not None:
+        table = read_workload(workload)
+        source, options = str(workload), {}
+    elif plan.mode == "open":
+        table = synthetic_workload(process=process, rate=rate, cv=cv, n_requests=requests,
+                                   duration_s=duration_s, input_tokens=input_tokens,
+                                   output_tokens=output_tokens, apps=apps,
+                                   reasoning_fraction=reasoning_fraction, seed=seed)
+        source = "synthetic"
+    else:  # closed loop: arrival times are unused; users draw requests in order
+        table = synthetic_workload(process="constant", rate=1000.0,
+                                   n_requests=requests or CLOSED_LOOP_POOL,
+                                   input_tokens=input_tokens, output_tokens=output_tokens,
+                                   apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
+        source = "synthetic"
+    slos.check_classes(set(table["app"].to_pylist()))
+    api_key = os.environ.get(api_key_env) or None
+    headers = parse_headers(header)
+    tcfg = TargetConfig(url=target, model=model, engine=engine, endpoint=endpoint, stream=stream,
+                        api_key=api_key, headers=headers,
+                        extra_body=parse_json_object(extra_body, "--extra-body"))
+    cfg = BenchmarkConfig(target=tcfg, plan=plan, timeouts=timeouts, slo=slo,
+                          lag_threshold_s=parse_duration(lag_threshold, "--lag-threshold") or 0.005,
+                          out=out, run_id=run_id, seed=seed, workload_source=source,
+                          workload_options=options)
+    out_console = console()
+    err_console = console(stderr=True)
+    with contextlib.ExitStack() as stack:
+        if target is None:
+            cfg.target.url = stack.enter_context(built_in_target(model))
+            err_console.print(f"[dim]No --target given: benchmarking the built-in scripted "
+                              f"server at {cfg.target.url}[/dim]")
+        total = min(table.num_rows, requests) if plan.mode == "open" and requests else (
+            table.num_rows if plan.mode == "open" and duration_s is None else requests)
+        display = LiveDisplay(err_console, slos, total=total, duration_s=duration_s)
+        if quiet or not err_console.is_terminal:
+            display = None
+
+        def on_start(run_dir, runner) -> None:  # type: ignore[no-untyped-def]
+            err_console.print(f"[dim]Run {run_dir.run_id}: {table.num_rows} requests planned, "
+                              f"mode {plan.mode}, journal {run_dir.journal_path}[/dim]")
+            if display:
+                display.__enter__()
+
+        try:
+            analysis = run_benchmark(table, cfg, on_start=on_start,
+                                     on_progress=display.update if display else None)
+        finally:
+            if display:
+                display.__exit__(None, None, None)
+    specs = {a: analysis.slos.for_app(a).text for a in (analysis.summary.get("classes") or {})}
+    notes = []
+    if analysis.manifest.get("status") == "interrupted":
+        notes.append("Interrupted: the summary covers requests scheduled before the cut-off.")
+    if not stream:
+        notes.append("Not streaming: TTFT equals E2E and TPOT/ITL cannot be measured.")
+    out_console.print(render(analysis.summary, analysis.health, slo_specs=specs,
+                             run_path=str(analysis.run.path), notes=notes))
+    if analysis.manifest.get("status") == "interrupted":
+        raise typer.Exit(130)

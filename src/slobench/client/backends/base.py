@@ -1,0 +1,24 @@
+"""What every protocol adapter provides to the pacing layer."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import aiohttp
+
+from slobench.client.result import RequestResult
+from slobench.clock import RunClock
+
+
+class Backend(Protocol):
+    """One adapter per API. ``prepare`` builds the wire payload (ahead of the schedule, so the
+    hot path only sends bytes); ``send`` performs the request and fills ``result``, classifying
+    every failure into a status instead of raising (CancelledError excepted)."""
+
+    name: str
+    url: str
+
+    def prepare(self, prompt: str, output_tokens: int) -> bytes: ...
+
+    async def send(self, session: aiohttp.ClientSession, payload: bytes, result: RequestResult,
+                   clock: RunClock) -> None: ...

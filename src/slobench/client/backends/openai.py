@@ -1,0 +1,329 @@
+"""OpenAI-compatible chat completions and completions, streaming (SSE) and not.
+
+Token counting for streams (the Records' ``token_count_source``):
+- ``usage_deltas``: every chunk carried cumulative usage (vLLM/SGLang continuous_usage_stats), so a
+  chunk's token count is the difference of consecutive ``completion_tokens``; exact.
+- ``final_usage_spread``: only a final usage block; its ``completion_tokens`` is spread over the
+  chunks that carried text, in proportion to their text length, at least one token per chunk.
+- ``chunks``: no usage at all; one token per chunk that carried text (an estimate).
+A chunk carrying k tokens puts k entries, all at its arrival time, into ``token_times``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from slobench.client.backends.presets import EnginePreset
+from slobench.client.result import RequestResult
+from slobench.client.sse import SSEParser
+from slobench.clock import RunClock
+from slobench.errors import UserError
+
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+def normalize_base_url(url: str) -> str:
+    """Accept ``http://h:8000``, ``http://h:8000/`` or ``http://h:8000/v1``; return the root."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(
+            f"--target: '{url}' is not an http(s) URL; give one like http://127.0.0.1:8000"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[:-3]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def spread(total: int, weights: list[int]) -> list[int]:
+    """Split ``total`` tokens over chunks: at least one per chunk (while tokens last), the rest in
+    proportion to ``weights`` by largest remainder. Sums to ``total`` exactly."""
+    n = len(weights)
+    if n == 0 or total <= 0:
+        return [0] * n
+    if total <= n:
+        return [1] * total + [0] * (n - total)
+    extra = total - n
+    wsum = sum(weights)
+    if wsum <= 0:
+        weights, wsum = [1] * n, n
+    shares = [extra * w / wsum for w in weights]
+    counts = [1 + math.floor(s) for s in shares]
+    left = total - sum(counts)
+    order = sorted(range(n), key=lambda i: shares[i] - math.floor(shares[i]), reverse=True)
+    for i in order[:left]:
+        counts[i] += 1
+    return counts
+
+
+class OpenAIBackend:
+    """Adapter for ``/v1/chat/completions`` (endpoint="chat") and ``/v1/completions``."""
+
+    def __init__(self, base_url: str, *, model: str, preset: EnginePreset, endpoint: str = "chat",
+                 stream: bool = True, api_key: str | None = None,
+                 extra_body: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        if endpoint not in ENDPOINTS:
+            raise UserError(f"--endpoint: unknown '{endpoint}'; choose chat or completions")
+        self.name = f"openai-{endpoint}"
+        self.endpoint = endpoint
+        self.base_url = normalize_base_url(base_url)
+        self.url = self.base_url + ENDPOINTS[endpoint]
+        self.model = model
+        self.preset = preset
+        self.stream = stream
+        self.extra_body = dict(extra_body or {})
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    # -- request -----------------------------------------------------------------------------
+
+    def build_body(self, prompt: str, output_tokens: int) -> dict[str, Any]:
+        p = self.preset
+        body: dict[str, Any] = {"model": self.model, "stream": self.stream}
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+            body[p.max_tokens_field] = output_tokens
+        else:
+            body["prompt"] = prompt
+            body["max_tokens"] = output_tokens
+        if p.ignore_eos:
+            body["ignore_eos"] = True
+        if p.min_tokens:
+            body["min_tokens"] = output_tokens
+        if self.stream and p.include_usage:
+            opts: dict[str, Any] = {"include_usage": True}
+            if p.continuous_usage:
+                opts["continuous_usage_stats"] = True
+            body["stream_options"] = opts
+        body.update(p.extra)
+        body.update(self.extra_body)  # the user's fields win
+        return body
+
+    def prepare(self, prompt: str, output_tokens: int) -> bytes:
+        return orjson.dumps(self.build_body(prompt, output_tokens))
+
+    # -- response ----------------------------------------------------------------------------
+
+    async def send(self, session: aiohttp.ClientSession, payload: bytes, result: RequestResult,
+                   clock: RunClock) -> None:
+        try:
+            result.sent_s = clock.now()
+            async with session.post(self.url, data=payload, headers=self.headers) as resp:
+                result.http_status = resp.status
+                if resp.status >= 400:
+                    body = await _read_error_body(resp)
+                    result.fail("http_error", f"HTTP {resp.status}: {body}", clock.now())
+                    return
+                if self.stream:
+                    await self._read_stream(resp, result, clock)
+                else:
+                    await self._read_whole(resp, result, clock)
+        except asyncio.CancelledError:
+            result.fail("cancelled", "cancelled before completion", clock.now())
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            result.fail("connect_error", f"cannot connect to {self.base_url}: {exc.os_error}",
+                        clock.now())
+        except TimeoutError as exc:  # aiohttp's read/total timeouts subclass it
+            what = str(exc) or type(exc).__name__
+            result.fail("timeout", f"timed out: {what}", clock.now())
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
+                aiohttp.ClientOSError, ConnectionError) as exc:
+            result.fail("disconnect", f"connection lost: {type(exc).__name__}: {exc}",
+                        clock.now())
+        except aiohttp.ClientResponseError as exc:
+            result.fail("protocol_error", f"bad HTTP response: {exc.message}", clock.now())
+        except aiohttp.ClientError as exc:
+            result.fail("disconnect", f"{type(exc).__name__}: {exc}", clock.now())
+
+    async def _read_whole(self, resp: aiohttp.ClientResponse, result: RequestResult,
+                          clock: RunClock) -> None:
+        raw = await resp.read()
+        now = clock.now()
+        try:
+            obj = orjson.loads(raw)
+            choice = obj["choices"][0]
+            if self.endpoint == "chat":
+                msg = choice.get("message") or {}
+                text = msg.get("content") or ""
+            else:
+                text = choice.get("text") or ""
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            result.fail("protocol_error", f"unparseable response body: {exc}: {raw[:200]!r}", now)
+            return
+        result.done_s = now
+        result.first_token_s = now  # TTFT equals E2E without streaming (an upper bound)
+        result.first_answer_s = now if text else None
+        result.answer_text = text
+        usage = obj.get("usage") or {}
+        if isinstance(usage.get("completion_tokens"), int):
+            result.output_tokens = usage["completion_tokens"]
+            result.token_count_source = "non_streaming"
+        result.reasoning_tokens = _reasoning_from_usage(usage) or 0
+        if isinstance(usage.get("prompt_tokens"), int):
+            result.input_tokens = usage["prompt_tokens"]
+        result.status = "ok"
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, result: RequestResult,
+                           clock: RunClock) -> None:
+        parser = SSEParser()
+        chat = self.endpoint == "chat"
+        # per chunk: arrival time, answer chars, reasoning chars, cumulative completion_tokens
+        times: list[float] = []
+        answer_chars: list[int] = []
+        reasoning_chars: list[int] = []
+        cumulative: list[int | None] = []
+        final_usage: dict[str, Any] | None = None
+        answer_parts: list[str] = []
+        saw_done = saw_finish = False
+        failure: tuple[str, str] | None = None
+
+        def handle(events: list[bytes], now: float) -> bool:
+            """Returns True when the stream is over (DONE, or a fatal problem)."""
+            nonlocal final_usage, saw_done, saw_finish, failure
+            for data in events:
+                if data == b"[DONE]":
+                    saw_done = True
+                    return True
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    failure = ("protocol_error", f"malformed SSE data: {data[:120]!r}")
+                    return True
+                if not isinstance(obj, dict):
+                    failure = ("protocol_error", f"SSE data is not an object: {data[:120]!r}")
+                    return True
+                if obj.get("error") and not obj.get("choices"):
+                    err = obj["error"]
+                    msg = err.get("message", err) if isinstance(err, dict) else err
+                    failure = ("http_error", f"error in stream: {msg}")
+                    return True
+                usage = obj.get("usage")
+                a_len = r_len = 0
+                for ch in obj.get("choices") or ():
+                    if chat:
+                        delta = ch.get("delta") or {}
+                        text = delta.get("content")
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        if reasoning:
+                            r_len += len(reasoning)
+                    else:
+                        text = ch.get("text")
+                    if text:
+                        a_len += len(text)
+                        answer_parts.append(text)
+                    if ch.get("finish_reason"):
+                        saw_finish = True
+                cum = usage.get("completion_tokens") if isinstance(usage, dict) else None
+                if isinstance(usage, dict):
+                    final_usage = usage
+                if a_len or r_len or cum is not None:
+                    times.append(now)
+                    answer_chars.append(a_len)
+                    reasoning_chars.append(r_len)
+                    cumulative.append(cum if isinstance(cum, int) else None)
+            return False
+
+        content = resp.content
+        over = False
+        while not over:
+            chunk = await content.readany()
+            now = clock.now()
+            if not chunk:
+                over = handle(parser.close(), now)
+                break
+            over = handle(parser.feed(chunk), now)
+
+        result.done_s = clock.now()
+        result.answer_text = "".join(answer_parts)
+        self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative, final_usage)
+        if failure:
+            result.status, result.error = failure[0], failure[1][:500]
+        elif not saw_done and not saw_finish:
+            result.status, result.error = "disconnect", "stream ended before [DONE]"
+        else:
+            result.status = "ok"
+
+    @staticmethod
+    def _count_tokens(result: RequestResult, times: list[float], answer_chars: list[int],
+                      reasoning_chars: list[int], cumulative: list[int | None],
+                      final_usage: dict[str, Any] | None) -> None:
+        n = len(times)
+        text_chunks = [i for i in range(n) if answer_chars[i] or reasoning_chars[i]]
+        usage_reasoning = _reasoning_from_usage(final_usage or {})
+        total_usage = (final_usage or {}).get("completion_tokens")
+        per_chunk: list[int]
+        # usage on every text chunk, and not just one final block => exact per-chunk deltas
+        if text_chunks and all(cumulative[i] is not None for i in text_chunks) and n > 1:
+            per_chunk, prev = [], 0
+            for c in cumulative:
+                c = prev if c is None else c
+                per_chunk.append(max(c - prev, 0))
+                prev = max(prev, c)
+            source = "usage_deltas"
+        elif isinstance(total_usage, int):
+            per_chunk = [0] * n
+            counts = spread(total_usage, [answer_chars[i] + reasoning_chars[i]
+                                          for i in text_chunks])
+            for i, k in zip(text_chunks, counts, strict=True):
+                per_chunk[i] = k
+            source = "final_usage_spread"
+        else:
+            per_chunk = [1 if (answer_chars[i] or reasoning_chars[i]) else 0 for i in range(n)]
+            source = "chunks" if text_chunks else "none"
+
+        token_times: list[float] = []
+        reasoning = 0
+        first_token = first_answer = None
+        for i in range(n):
+            k = per_chunk[i]
+            if not k:
+                continue
+            if first_token is None:
+                first_token = times[i]
+            a, r = answer_chars[i], reasoning_chars[i]
+            if a and first_answer is None:
+                first_answer = times[i]
+            if r:
+                reasoning += k if not a else round(k * r / (a + r))
+            token_times.extend([times[i]] * k)
+        result.token_times = token_times
+        result.output_tokens = len(token_times)
+        result.reasoning_tokens = usage_reasoning if usage_reasoning is not None else reasoning
+        result.first_token_s = first_token
+        result.first_answer_s = first_answer
+        result.token_count_source = source
+        if final_usage and isinstance(final_usage.get("prompt_tokens"), int):
+            result.input_tokens = final_usage["prompt_tokens"]
+
+
+def _reasoning_from_usage(usage: dict[str, Any]) -> int | None:
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+        return details["reasoning_tokens"]
+    return None
+
+
+async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
+    try:
+        raw = await asyncio.wait_for(resp.content.read(2048), timeout=2.0)
+    except (TimeoutError, aiohttp.ClientError):
+        return "(no body)"
+    text = raw.decode("utf-8", "replace").strip().replace("\n", " ")
+    try:
+        obj = orjson.loads(raw)
+        if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
+            text = obj["error"].get("message") or text
+        elif isinstance(obj, dict) and isinstance(obj.get("error"), str):
+            text = obj["error"]
+    except orjson.JSONDecodeError:
+        pass
+    return text[:300]

@@ -1,0 +1,358 @@
+"""Drive a target with a Workload under a LoadPlan; every finished request goes to the journal.
+
+One asyncio event loop (uvloop when available) on one monotonic clock. The open-loop dispatcher
+sleeps to each absolute arrival time, then yields to the loop in a tight poll for the last
+``SPIN_S`` so sends are sub-millisecond accurate without blocking network reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pyarrow as pa
+
+from slobench.client.backends.base import Backend
+from slobench.client.journal import Journal
+from slobench.client.pacing import LoadPlan
+from slobench.client.result import RequestResult
+from slobench.clock import RunClock
+from slobench.prompts.simple import simple_prompt
+
+SPIN_S = 0.0015  # uvloop timers have millisecond resolution: sleep to within this, then poll
+PREPARE_AHEAD = 256  # payloads built ahead of the schedule, in slack time
+HEALTH_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    request_s: float = 600.0  # whole request
+    connect_s: float = 10.0
+    stall_s: float = 60.0  # longest silence between two reads of a response
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.request_s, sock_connect=self.connect_s,
+                                     sock_read=self.stall_s)
+
+
+@dataclass
+class Progress:
+    """Live counters, read by the progress display."""
+
+    total: int | None = None
+    scheduled: int = 0
+    done: int = 0
+    in_flight: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    finished: list[dict[str, Any]] = field(default_factory=list)  # rows not yet seen by display
+
+    def take_finished(self) -> list[dict[str, Any]]:
+        rows, self.finished = self.finished, []
+        return rows
+
+
+@dataclass
+class RunOutcome:
+    interrupted: bool
+    schedule_end_s: float  # when dispatch of new requests ended
+    end_s: float  # when the last request finished or was cancelled
+    sent: int
+    cpu_samples: list[float]  # client CPU utilisation (fraction of one core) per interval
+    spin_s: float
+
+
+class Runner:
+    def __init__(self, workload: pa.Table, backend: Backend, plan: LoadPlan, *,
+                 journal: Journal, clock: RunClock | None = None,
+                 timeouts: Timeouts = Timeouts(), seed: int = 0,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.backend = backend
+        self.plan = plan.validate()
+        self.journal = journal
+        self.clock = clock or RunClock()
+        self.timeouts = timeouts
+        self.seed = seed
+        self.on_progress = on_progress
+        order = np.argsort(workload["arrival_s"].to_numpy(), kind="stable")
+        wl = workload.take(pa.array(order))
+        self._ids: list[str] = wl["request_id"].to_pylist()
+        self._clients: list[str] = wl["client_id"].to_pylist()
+        self._apps: list[str] = wl["app"].to_pylist()
+        self._arrivals: list[float] = wl["arrival_s"].to_pylist()
+        self._think: list[float] = wl["think_s"].to_pylist()
+        self._inputs: list[int] = wl["input_tokens"].to_pylist()
+        self._outputs: list[int] = wl["output_tokens"].to_pylist()
+        self._prompts: list[str | None] = wl["prompt"].to_pylist()
+        self._n = len(self._ids)
+        self._payloads: dict[int, bytes] = {}
+        self._prepared_upto = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._interrupted = False
+        self._sigints = 0
+        self._spin_s = 0.0
+        self._next = 0  # closed loop: next workload row to take
+        self._cycle = 0
+        self._sent = 0
+        limit = plan.max_requests
+        total = self._n if plan.mode == "open" else None
+        if limit is not None:
+            total = limit if total is None else min(total, limit)
+        self.progress = Progress(total=total)
+        self._session: aiohttp.ClientSession | None = None
+        self._sem = (asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None)
+
+    # -- payloads ----------------------------------------------------------------------------
+
+    def _payload(self, i: int) -> bytes:
+        payload = self._payloads.pop(i, None)
+        if payload is None:
+            payload = self._build(i)
+        return payload
+
+    def _build(self, i: int) -> bytes:
+        prompt = self._prompts[i]
+        if prompt is None:
+            prompt = simple_prompt(self._ids[i], self._inputs[i], self.seed)
+        return self.backend.prepare(prompt, max(int(self._outputs[i]), 1))
+
+    def _prepare_ahead(self, i: int, budget_s: float) -> None:
+        """Build upcoming payloads while there is slack before the next send."""
+        deadline = time.perf_counter() + budget_s
+        j = max(self._prepared_upto, i)
+        while j < min(i + PREPARE_AHEAD, self._n) and time.perf_counter() < deadline:
+            if j not in self._payloads:
+                self._payloads[j] = self._build(j)
+            j += 1
+        self._prepared_upto = j
+
+    # -- timing ------------------------------------------------------------------------------
+
+    async def _sleep_until(self, t: float, i: int | None = None) -> None:
+        clock = self.clock
+        while True:
+            delta = t - clock.now()
+            if delta <= 0 or self._stop.is_set():
+                return
+            if delta > SPIN_S:
+                if i is not None and delta > 0.004:
+                    self._prepare_ahead(i, min(delta - 0.003, 0.05))
+                    delta = t - clock.now()
+                if delta > SPIN_S:
+                    await asyncio.sleep(min(delta - SPIN_S, 0.1))
+                continue
+            spin_start = time.perf_counter()
+            while clock.now() < t:
+                await asyncio.sleep(0)  # poll: network callbacks still run
+            self._spin_s += time.perf_counter() - spin_start
+            return
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _result_for(self, i: int, scheduled: float, suffix: str = "") -> RequestResult:
+        return RequestResult(self._ids[i] + suffix, self._clients[i], self._apps[i], scheduled,
+                             int(self._inputs[i]))
+
+    async def _execute(self, i: int, scheduled: float, suffix: str = "") -> None:
+        res = self._result_for(i, scheduled, suffix)
+        progress = self.progress
+        progress.in_flight += 1
+        self._sent += 1
+        try:
+            payload = self._payload(i)
+            if self._sem is not None:
+                waited_from = self.clock.now()
+                try:
+                    await self._sem.acquire()
+                except asyncio.CancelledError:
+                    res.fail("cancelled", "cancelled while queued for a concurrency slot",
+                             self.clock.now())
+                    raise
+                res.queue_s = self.clock.now() - waited_from
+                try:
+                    await self.backend.send(self._session, payload, res, self.clock)  # type: ignore[arg-type]
+                finally:
+                    self._sem.release()
+            else:
+                await self.backend.send(self._session, payload, res, self.clock)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            if res.status != "cancelled" or res.done_s is None:
+                res.fail("cancelled", "cancelled before completion", self.clock.now())
+        except Exception as exc:  # a bug in parsing must not kill the run: classify, keep going
+            res.fail("protocol_error", f"client error: {type(exc).__name__}: {exc}",
+                     self.clock.now())
+        finally:
+            progress.in_flight -= 1
+            progress.done += 1
+            if res.status != "ok":
+                progress.errors += 1
+                progress.last_error = f"{res.status}: {res.error}"
+            row = res.to_row()
+            self.journal.append(row)
+            progress.finished.append(row)
+
+    def _spawn(self, i: int, scheduled: float, suffix: str = "") -> None:
+        task = asyncio.get_running_loop().create_task(self._execute(i, scheduled, suffix))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.progress.scheduled += 1
+
+    # -- load modes --------------------------------------------------------------------------
+
+    def _past_end(self, t: float) -> bool:
+        d = self.plan.duration_s
+        return d is not None and t >= d
+
+    async def _open_loop(self) -> None:
+        limit = self.plan.max_requests or self._n
+        for i in range(min(self._n, limit)):
+            t = self._arrivals[i]
+            if self._stop.is_set() or self._past_end(t):
+                return
+            await self._sleep_until(t, i)
+            if self._stop.is_set():
+                return
+            self._spawn(i, t)
+
+    def _take(self) -> tuple[int, str] | None:
+        """Closed loop: the next Workload row; the Workload is cycled when a duration asks for
+        more requests than it holds (ids of later cycles get a ~k suffix)."""
+        limit = self.plan.max_requests
+        if limit is not None and self.progress.scheduled >= limit:
+            return None
+        if self._next >= self._n:
+            if self.plan.duration_s is None or self._n == 0:
+                return None
+            self._next, self._cycle = 0, self._cycle + 1
+        i = self._next
+        self._next += 1
+        self.progress.scheduled += 1
+        return i, (f"~{self._cycle}" if self._cycle else "")
+
+    async def _user(self, start_at: float) -> None:
+        await self._sleep_until(start_at)
+        while not self._stop.is_set():
+            scheduled = self.clock.now()
+            if self._past_end(scheduled):
+                return
+            taken = self._take()
+            if taken is None:
+                return
+            i, suffix = taken
+            task = asyncio.get_running_loop().create_task(self._execute(i, scheduled, suffix))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            think = self.plan.think_s if self.plan.think_s is not None else self._think[i]
+            if think > 0:
+                await self._sleep_until(self.clock.now() + think)
+
+    async def _closed_loop(self) -> None:
+        if self.plan.mode == "ramp":
+            starts = self.plan.ramp_start_times()
+        else:
+            starts = [0.0] * self.plan.users
+        users = [asyncio.get_running_loop().create_task(self._user(s)) for s in starts]
+        try:
+            await asyncio.gather(*users)
+        finally:
+            for u in users:
+                u.cancel()
+
+    # -- health and progress -----------------------------------------------------------------
+
+    async def _monitor(self, samples: list[float]) -> None:
+        last_cpu, last_wall, last_spin = time.process_time(), time.perf_counter(), self._spin_s
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            cpu, wall, spin = time.process_time(), time.perf_counter(), self._spin_s
+            busy = (cpu - last_cpu) - (spin - last_spin)  # deliberate spinning is not load
+            samples.append(max(busy, 0.0) / max(wall - last_wall, 1e-9))
+            last_cpu, last_wall, last_spin = cpu, wall, spin
+            if self.on_progress:
+                self.on_progress(self.progress)
+
+    # -- interruption ------------------------------------------------------------------------
+
+    def _on_signal(self) -> None:
+        self._sigints += 1
+        if self._sigints == 1:
+            self._interrupted = True
+            self._stop.set()
+            for t in list(self._tasks):
+                t.cancel()
+        else:  # second Ctrl-C: leave now; the journal keeps what finished
+            self.journal.flush()
+            os._exit(130)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    async def run(self, drain_timeout_s: float | None = None) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=False)
+        samples: list[float] = []
+        self.journal.start()
+        monitor = loop.create_task(self._monitor(samples))
+        try:
+            async with aiohttp.ClientSession(connector=connector,
+                                             timeout=self.timeouts.client_timeout(),
+                                             auto_decompress=False) as session:
+                self._session = session
+                self._prepare_ahead(0, 0.5)
+                self.clock.restart()
+                if self.plan.mode == "open":
+                    await self._open_loop()
+                else:
+                    await self._closed_loop()
+                schedule_end = self.clock.now()
+                pending = list(self._tasks)
+                if pending and not self._stop.is_set():
+                    drain = self.timeouts.request_s if drain_timeout_s is None else drain_timeout_s
+                    done_wait = asyncio.ensure_future(asyncio.wait(pending, timeout=drain))
+                    stop_wait = asyncio.ensure_future(self._stop.wait())
+                    await asyncio.wait({done_wait, stop_wait},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    stop_wait.cancel()
+                    done_wait.cancel()
+                for t in list(self._tasks):
+                    t.cancel()
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            await self.journal.stop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        if self.on_progress:
+            self.on_progress(self.progress)
+        return RunOutcome(interrupted=self._interrupted, schedule_end_s=schedule_end,
+                          end_s=self.clock.now(), sent=self._sent, cpu_samples=samples,
+                          spin_s=self._spin_s)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.new_event_loop()

@@ -1,0 +1,211 @@
+"""Run directories: ``runs/<run_id>/`` with manifest.json, workload.parquet, the record journal,
+records.parquet and summary.json. Secrets never reach these files (see ``redact``)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import platform
+import re
+import secrets as _secrets
+import socket
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import pyarrow as pa
+
+from slobench import __version__
+from slobench.client.journal import read_journal
+from slobench.errors import UserError
+from slobench.schema import conform_records, read_parquet, write_table
+
+MANIFEST = "manifest.json"
+WORKLOAD = "workload.parquet"
+RECORDS = "records.parquet"
+JOURNAL = "records.journal.jsonl"
+SUMMARY = "summary.json"
+
+_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|passwd|cookie)", re.I)
+
+
+def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """A copy with secret-looking keys masked, known secret strings removed, URL passwords cut."""
+    secrets = tuple(s for s in secrets if s)
+    if isinstance(value, dict):
+        return {k: ("***" if _SECRET_KEYS.search(str(k)) and v not in (None, "", False)
+                    else redact(v, secrets)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, secrets) for v in value]
+    if isinstance(value, str):
+        for s in secrets:
+            value = value.replace(s, "***")
+        return strip_url_credentials(value)
+    return value
+
+
+def strip_url_credentials(text: str) -> str:
+    if "://" not in text or "@" not in text:
+        return text
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(text)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            if parts.port:
+                host += f":{parts.port}"
+            return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return text
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0]}
+    for name in ("aiohttp", "uvloop", "orjson", "pyarrow", "numpy", "scipy", "pydantic", "rich"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def table_fingerprint(table: pa.Table) -> str:
+    """Content hash of a table (schema and values), independent of Parquet encoding details."""
+    h = hashlib.sha256(str(table.schema).encode())
+    for batch in table.to_batches(max_chunksize=65536):
+        for col in batch.columns:
+            for buf in col.buffers():
+                if buf is not None:
+                    h.update(memoryview(buf))
+    return h.hexdigest()[:16]
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # -- creating ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, out: Path, run_id: str | None = None) -> RunDir:
+        """A new run directory under ``out`` (which is created); errors name the path and fix."""
+        out = Path(out)
+        if run_id is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_id = f"{stamp}-{_secrets.token_hex(3)}"
+        path = out / run_id
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            probe = path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except FileExistsError:
+            raise UserError(f"--out: run directory {path} already exists; "
+                            "choose another --run-id or --out") from None
+        except OSError as exc:
+            raise UserError(f"--out: cannot write run directory {path} ({exc.strerror}); "
+                            "choose a writable --out directory") from None
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"{path}: no such run directory; give a path like runs/<run_id>")
+        if not (path / MANIFEST).exists() and not (path / JOURNAL).exists():
+            raise UserError(f"{path}: not a slobench run (no {MANIFEST} or {JOURNAL} inside)")
+        return cls(path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / JOURNAL
+
+    # -- files -------------------------------------------------------------------------------
+
+    def write_json(self, name: str, data: Any) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+                                     | orjson.OPT_NON_STR_KEYS))
+        tmp.replace(self.path / name)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        p = self.path / name
+        try:
+            data = orjson.loads(p.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except orjson.JSONDecodeError as exc:
+            raise UserError(f"{p}: not valid JSON ({exc}); the run directory is damaged") from None
+        return data if isinstance(data, dict) else {}
+
+    def start_manifest(self, *, config: dict[str, Any], target: dict[str, Any],
+                       workload: pa.Table, workload_source: str,
+                       secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+        manifest = {
+            "run_id": self.run_id,
+            "status": "running",
+            "tool": {"name": "slobench", "version": __version__},
+            "versions": library_versions(),
+            "host": host_info(),
+            "started_at": _now_iso(),
+            "ended_at": None,
+            "target": redact(target, secrets),
+            "config": redact(config, secrets),
+            "workload": {"source": redact(workload_source, secrets),
+                         "requests": workload.num_rows,
+                         "fingerprint": table_fingerprint(workload)},
+        }
+        self.write_json(MANIFEST, manifest)
+        return manifest
+
+    def manifest(self) -> dict[str, Any]:
+        return self.read_json(MANIFEST)
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        manifest = self.manifest()
+        manifest.update(fields)
+        manifest.setdefault("ended_at", None)
+        if fields.get("status") in ("complete", "interrupted"):
+            manifest["ended_at"] = _now_iso()
+        self.write_json(MANIFEST, manifest)
+        return manifest
+
+    def write_workload(self, table: pa.Table) -> None:
+        write_table(table, self.path / WORKLOAD)
+
+    def finalize_records(self) -> tuple[pa.Table, int]:
+        """Journal -> records.parquet. Returns the table and the number of torn journal lines."""
+        table, torn = read_journal(self.journal_path)
+        write_table(table, self.path / RECORDS)
+        return table, torn
+
+    def load_records(self) -> tuple[pa.Table, str, int]:
+        """records.parquet when the run finished; otherwise whatever the journal holds."""
+        parquet = self.path / RECORDS
+        if parquet.exists():
+            return conform_records(read_parquet(parquet, "Records"), str(parquet)), RECORDS, 0
+        if self.journal_path.exists():
+            table, torn = read_journal(self.journal_path)
+            return table, JOURNAL, torn
+        raise UserError(f"{self.path}: the run has no records yet ({RECORDS} and {JOURNAL} are "
+                        "both missing)")
