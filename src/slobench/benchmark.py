@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import pyarrow as pa
 
-from slobench.client.backends.openai import OpenAIBackend, normalize_base_url
+from slobench.client.backends.openai import OpenAIBackend, normalize_base_url, request_headers
 from slobench.client.backends.presets import get_preset
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
@@ -108,9 +108,7 @@ def built_in_target(model: str | None) -> Iterator[str]:
 async def probe_target(target: TargetConfig, timeout_s: float = 10.0) -> str:
     """Check the target answers before anything is measured; return the model to use."""
     base = normalize_base_url(target.url or "")
-    headers = dict(target.headers)
-    if target.api_key:
-        headers["Authorization"] = f"Bearer {target.api_key}"
+    headers = request_headers(target.url or "", target.api_key, target.headers)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
                 s.get(base + "/v1/models", headers=headers) as resp:

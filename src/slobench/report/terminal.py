@@ -53,7 +53,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for name, justify in (("class", "left"), ("reqs", "right"), ("err", "right"),
                           ("TTFT\np50", "right"), ("TTFT\np99", "right"),
                           ("TPOT\np50", "right"), ("TPOT\np99", "right"), ("ITL\np99", "right"),
-                          ("E2E\np99", "right"), ("SLO\nmet", "right"), ("goodput\nreq/s", "right")):
+                          ("E2E\np99", "right"), ("SLO\nmet", "right"),
+                          ("goodput\nreq/s", "right")):
         table.add_column(name, justify=justify, no_wrap=True, max_width=14)  # type: ignore[arg-type]
 
     def row(name: str, block: dict[str, Any], style: str | None = None) -> None:

@@ -3,7 +3,6 @@ records.parquet and summary.json. Secrets never reach these files (see ``redact`
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -15,12 +14,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
 
 from slobench import __version__
+from slobench.client.backends.openai import strip_credentials
 from slobench.client.journal import read_journal
 from slobench.errors import UserError
 from slobench.schema import conform_records, read_parquet, write_table
@@ -45,21 +44,8 @@ def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     if isinstance(value, str):
         for s in secrets:
             value = value.replace(s, "***")
-        return strip_url_credentials(value)
+        return strip_credentials(value) if "://" in value else value
     return value
-
-
-def strip_url_credentials(text: str) -> str:
-    if "://" not in text or "@" not in text:
-        return text
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(text)
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            if parts.port:
-                host += f":{parts.port}"
-            return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return text
 
 
 def library_versions() -> dict[str, str]:

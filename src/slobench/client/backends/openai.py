@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -29,16 +29,43 @@ ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
 def normalize_base_url(url: str) -> str:
-    """Accept ``http://h:8000``, ``http://h:8000/`` or ``http://h:8000/v1``; return the root."""
+    """Accept ``http://h:8000``, ``http://h:8000/`` or ``http://h:8000/v1``; return the root,
+    without any credentials (see ``request_headers``)."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(
-            f"--target: '{url}' is not an http(s) URL; give one like http://127.0.0.1:8000"
+            f"--target: '{strip_credentials(url)}' is not an http(s) URL; give one like "
+            "http://127.0.0.1:8000"
         )
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query,
+                       parts.fragment))
+
+
+def request_headers(url: str, api_key: str | None, headers: dict[str, str] | None
+                    ) -> dict[str, str]:
+    """Headers for every request to the target: the API key as a Bearer token; without one,
+    credentials written in the URL (user:password@host) as HTTP Basic auth."""
+    out = {"Content-Type": "application/json", **(headers or {})}
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    else:
+        parts = urlsplit(url.strip())
+        if parts.username is not None:
+            out["Authorization"] = aiohttp.BasicAuth(
+                unquote(parts.username), unquote(parts.password or "")).encode()
+    return out
 
 
 def spread(total: int, weights: list[int]) -> list[int]:
@@ -79,9 +106,7 @@ class OpenAIBackend:
         self.preset = preset
         self.stream = stream
         self.extra_body = dict(extra_body or {})
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.headers = request_headers(base_url, api_key, headers)
 
     # -- request -----------------------------------------------------------------------------
 
@@ -234,17 +259,19 @@ class OpenAIBackend:
 
         content = resp.content
         over = False
-        while not over:
-            chunk = await content.readany()
-            now = clock.now()
-            if not chunk:
-                over = handle(parser.close(), now)
-                break
-            over = handle(parser.feed(chunk), now)
-
-        result.done_s = clock.now()
-        result.answer_text = "".join(answer_parts)
-        self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative, final_usage)
+        try:
+            while not over:
+                chunk = await content.readany()
+                now = clock.now()
+                if not chunk:
+                    over = handle(parser.close(), now)
+                    break
+                over = handle(parser.feed(chunk), now)
+        finally:  # tokens that arrived before a failure are measured too
+            result.done_s = clock.now()
+            result.answer_text = "".join(answer_parts)
+            self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative,
+                               final_usage)
         if failure:
             result.status, result.error = failure[0], failure[1][:500]
         elif not saw_done and not saw_finish:
