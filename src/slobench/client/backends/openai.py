@@ -12,6 +12,7 @@ A chunk carrying k tokens puts k entries, all at its arrival time, into ``token_
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -63,8 +64,8 @@ def request_headers(url: str, api_key: str | None, headers: dict[str, str] | Non
     else:
         parts = urlsplit(url.strip())
         if parts.username is not None:
-            out["Authorization"] = aiohttp.BasicAuth(
-                unquote(parts.username), unquote(parts.password or "")).encode()
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            out["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     return out
 
 
