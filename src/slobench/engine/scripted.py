@@ -173,6 +173,8 @@ class _State:
         self.max_active = 0
 
 
+_MAX_STATS = 100_000  # per-request entries kept for /stats
+
 _STATE: web.AppKey[_State] = web.AppKey("scripted_state", _State)
 
 
@@ -428,8 +430,9 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
         return _error_response(400, "request body must be a JSON object")
     idx = state.requests
     state.requests += 1
-    state.receipt_times.append(t0)
-    state.max_tokens.append(_requested_max(body))
+    if len(state.receipt_times) < _MAX_STATS:  # long runs: keep memory bounded
+        state.receipt_times.append(t0)
+        state.max_tokens.append(_requested_max(body))
 
     script = state.script
     override = body.get(SCRIPT_FIELD)
@@ -549,18 +552,31 @@ async def start_in_loop(
 # entry point
 
 
-async def _serve(script: Script, host: str, port: int, model: str) -> None:
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Exit with the process that started us, even when it was SIGKILLed (no orphans)."""
+    while not stop.is_set():
+        if os.getppid() != parent_pid:
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _serve(script: Script, host: str, port: int, model: str,
+                 parent_pid: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
     runner, base_url = await start_in_loop(script, host, port, model)
+    watcher = loop.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
     try:
         sys.stdout.write(f"LISTENING {base_url}\n")
         sys.stdout.flush()
         await stop.wait()
     finally:
+        if watcher:
+            watcher.cancel()
         await runner.cleanup()
 
 
@@ -580,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=_port, default=0, help="0 picks a free port")
     parser.add_argument("--script", default="{}", help="JSON object of Script fields")
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the one that started us) is gone")
     args = parser.parse_args(argv)
     try:
         raw = json.loads(args.script)
@@ -589,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ValidationError) as exc:
         print(f"error: invalid --script: {exc}", file=sys.stderr)
         return 2
-    coro = _serve(script, args.host, args.port, args.model)
+    coro = _serve(script, args.host, args.port, args.model, args.parent_pid)
     try:
         import uvloop
     except ImportError:
@@ -655,6 +673,8 @@ class ScriptedServerProcess:
             self.script.model_dump_json(exclude_defaults=True),
             "--model",
             self.model,
+            "--parent-pid",
+            str(os.getpid()),
         ]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
