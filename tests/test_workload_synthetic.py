@@ -218,7 +218,7 @@ def test_parse_rate_good_forms():
     assert parse_rate(" 2.5 ") == ConstantRate(2.5)
     assert parse_rate("ramp:1..20/60s") == LinearRampRate(1.0, 20.0, 60.0)
     assert parse_rate("ramp:1..20/60") == LinearRampRate(1.0, 20.0, 60.0)
-    assert parse_rate("ramp:0.5..4/2m") == LinearRampRate(0.5, 4.0, 120.0)
+    assert parse_rate("ramp:0.5..4/2min") == LinearRampRate(0.5, 4.0, 120.0)
     assert parse_rate("step:2+2/30s..20") == StepRate(2.0, 2.0, 30.0, 20.0)
     assert parse_rate("STEP:2 + 2 / 1h .. 20") == StepRate(2.0, 2.0, 3600.0, 20.0)
 

@@ -7,8 +7,15 @@ import re
 
 from slobench.errors import UserError
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(us|µs|ms|s|min|h)?\s*$")
-_FACTORS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, None: 1.0}
+# The one table of duration units ("m" is refused: minutes or milliseconds?).
+UNIT_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+UNIT_PATTERN = "(us|µs|ms|s|min|h)"
+_DURATION = re.compile(rf"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*{UNIT_PATTERN}?\s*$")
+
+
+def unit_seconds(unit: str | None) -> float:
+    """Seconds in one ``unit``; no unit means seconds."""
+    return UNIT_SECONDS[unit] if unit else 1.0
 
 
 def parse_duration(text: str | float | None, option: str, *, allow_zero: bool = True
@@ -23,7 +30,7 @@ def parse_duration(text: str | float | None, option: str, *, allow_zero: bool = 
         if not m:
             raise UserError(f"{option}: '{text}' is not a duration; write it like 30s, 250ms, "
                             "2min or 1h")
-        value = float(m.group(1)) * _FACTORS[m.group(2)]
+        value = float(m.group(1)) * unit_seconds(m.group(2))
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{option}: '{text}' must be a positive duration like 30s")
     return value

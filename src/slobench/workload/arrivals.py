@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from slobench.errors import UserError
+from slobench.units import UNIT_PATTERN, unit_seconds
 
 PROCESSES = ("poisson", "gamma", "constant")
 
@@ -322,8 +323,7 @@ def arrival_times(
 # CLI parsing
 
 _NUM_RE = r"((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
-_DUR_RE = _NUM_RE + r"\s*(s|m|h|ms)?"
-_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "h": 3600.0}
+_DUR_RE = _NUM_RE + rf"\s*{UNIT_PATTERN}?"
 
 _CONST = re.compile(rf"^{_NUM_RE}$")
 _RAMP = re.compile(rf"^ramp:\s*{_NUM_RE}\s*\.\.\s*{_NUM_RE}\s*/\s*{_DUR_RE}$")
@@ -331,13 +331,13 @@ _STEP = re.compile(rf"^step:\s*{_NUM_RE}\s*\+\s*{_NUM_RE}\s*/\s*{_DUR_RE}\s*\.\.
 
 
 def _seconds(value: str, unit: str | None) -> float:
-    return float(value) * _UNITS[unit]
+    return float(value) * unit_seconds(unit)
 
 
 def parse_rate(text: str) -> RateFunction:
     """Parse a ``--rate``: ``10`` | ``ramp:1..20/60s`` | ``step:2+2/30s..20``.
 
-    Durations take an optional unit: ``ms``, ``s`` (default), ``m`` or ``h``.
+    Durations take an optional unit: ``ms``, ``s`` (default), ``min`` or ``h``.
     """
     s = str(text).strip().lower()
     try:
