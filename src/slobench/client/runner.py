@@ -198,7 +198,8 @@ class Runner:
                 progress.last_error = f"{res.status}: {res.error}"
             row = res.to_row()
             self.journal.append(row)
-            progress.finished.append(row)
+            if self.on_progress is not None:  # only a live display consumes them
+                progress.finished.append(row)
 
     def _spawn(self, i: int, scheduled: float, suffix: str = "") -> None:
         task = asyncio.get_running_loop().create_task(self._execute(i, scheduled, suffix))
