@@ -117,6 +117,13 @@ def test_secrets_never_reach_disk(tmp_path, scripted_server):
             for secret in (key, token, "pw-SECRET-1"):
                 assert secret.encode() not in data, (path, secret)
     assert key not in proc.stdout + proc.stderr
+    flag_key = "sk-FLAGSECRET-42"
+    proc = slobench("run", "--target", url, "-n", "2", "--out", "runs2", "--api-key", flag_key,
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for path in (tmp_path / "runs2").rglob("*"):
+        if path.is_file():
+            assert flag_key.encode() not in path.read_bytes(), path
 
 
 def _start_run(tmp_path: Path, *args: str) -> subprocess.Popen[str]:

@@ -71,6 +71,8 @@ def run(
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens (SSE)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment "
                                     "variable holding the API key (never written to disk)."),
+    api_key: str = typer.Option(None, "--api-key", help="API key (prefer --api-key-env: a flag "
+                                "is visible in process lists). Never written to disk."),
     header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value'"
                                      " (repeatable; values are never written to disk)."),
     extra_body: str = typer.Option(None, "--extra-body", help="JSON object merged into every "
@@ -158,7 +160,7 @@ def run(
                                    apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
         source = "synthetic"
     slos.check_classes(set(table["app"].to_pylist()))
-    api_key = os.environ.get(api_key_env) or None
+    api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)
     tcfg = TargetConfig(url=target, model=model, engine=engine, endpoint=endpoint, stream=stream,
                         api_key=api_key, headers=headers,
