@@ -202,6 +202,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         client_health=health,
         token_counting=token_counting(records),
         requests_sent=outcome.sent,
+        dispatch_spin_s=outcome.spin_s,
         journal={"torn_lines": torn},
     )
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)
