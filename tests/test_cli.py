@@ -182,3 +182,43 @@ def test_ctrl_c_stops_cleanly_and_reports(tmp_path):
     assert (run / "records.parquet").exists()
     rep = slobench("report", str(run), cwd=tmp_path)
     assert rep.returncode == 0 and "interrupted" in rep.stdout
+
+
+def test_workload_file_and_its_errors(tmp_path, scripted_server):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url = scripted_server({"ttft_s": 0.01, "tpot_s": 0.002})
+    pq.write_table(pa.table({"request_id": ["a", "b", "c"], "arrival_s": [0.0, 0.1, 0.2],
+                             "input_tokens": [10, 20, 30], "output_tokens": [5, 6, 7],
+                             "app": ["chatbot", "coding", "coding"]}), tmp_path / "w.parquet")
+    proc = slobench("run", "--target", url, "--workload", "w.parquet", "--out", "runs",
+                    cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = only_run(tmp_path / "runs")
+    rows = pq.read_table(run / "records.parquet").to_pylist()
+    assert sorted((r["request_id"], r["output_tokens"]) for r in rows) == [
+        ("a", 5), ("b", 6), ("c", 7)]
+    assert json.loads((run / "manifest.json").read_text())["workload"]["requests"] == 3
+
+    pq.write_table(pa.table({"request_id": ["a"], "arrival_s": [0.0]}), tmp_path / "bad.parquet")
+    proc = slobench("run", "--target", url, "--workload", "bad.parquet", cwd=tmp_path)
+    assert_one_line_error(proc, "bad.parquet", "input_tokens")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    proc = slobench("run", "--target", url, "--workload", "junk.parquet", cwd=tmp_path)
+    assert_one_line_error(proc, "junk.parquet")
+
+
+def test_report_reads_a_journal_with_a_torn_last_line(tmp_path, scripted_server):
+    url = scripted_server({"ttft_s": 0.01, "tpot_s": 0.002})
+    proc = slobench("run", "--target", url, "-n", "6", "-r", "20", "--out", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = only_run(tmp_path / "runs")
+    (run / "records.parquet").unlink()  # as if killed before the end ...
+    with open(run / "records.journal.jsonl", "ab") as f:
+        f.write(b'{"request_id": "torn", "sched')  # ... in the middle of a write
+    rep = slobench("report", str(run), "--json", cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert json.loads(rep.stdout)["summary"]["total_requests"] == 6
+    rep = slobench("report", str(run), cwd=tmp_path)
+    assert "1 torn journal line(s) skipped" in rep.stdout
