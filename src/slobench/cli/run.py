@@ -62,65 +62,99 @@ def parse_headers(values: list[str]) -> dict[str, str]:
 @user_errors
 def run(
     target: str = typer.Option(None, "--target", "-t", help="Base URL of an OpenAI-compatible "
-                               "server. Default: start the built-in target."),
+                               "server. Default: start the built-in target.",
+        rich_help_panel="Target"),
     model: str = typer.Option(None, "--model", "-m", help="Model name (default: the first one "
-                              "the server lists)."),
+                              "the server lists).",
+        rich_help_panel="Target"),
     engine: str = typer.Option("generic", "--engine", "-e", help="Request fields preset: vllm, "
-                               "sglang, tgi, llamacpp, openai, generic."),
-    endpoint: str = typer.Option("chat", "--endpoint", help="chat or completions."),
-    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens (SSE)."),
+                               "sglang, tgi, llamacpp, openai, generic.",
+        rich_help_panel="Target"),
+    endpoint: str = typer.Option("chat", "--endpoint", help="chat or completions.",
+        rich_help_panel="Target"),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Stream tokens (SSE).",
+        rich_help_panel="Target"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment "
-                                    "variable holding the API key (never written to disk)."),
+                                    "variable holding the API key (never written to disk).",
+        rich_help_panel="Target"),
     api_key: str = typer.Option(None, "--api-key", help="API key (prefer --api-key-env: a flag "
-                                "is visible in process lists). Never written to disk."),
+                                "is visible in process lists). Never written to disk.",
+        rich_help_panel="Target"),
     header: list[str] = typer.Option([], "--header", "-H", help="Extra HTTP header 'Name: value'"
-                                     " (repeatable; values are never written to disk)."),
+                                     " (repeatable; values are never written to disk).",
+        rich_help_panel="Target"),
     extra_body: str = typer.Option(None, "--extra-body", help="JSON object merged into every "
-                                   "request body."),
+                                   "request body.",
+        rich_help_panel="Target"),
     workload: Path = typer.Option(None, "--workload", "-w", help="Workload Parquet file "
-                                  "(default: a synthetic workload from the options below)."),
+                                  "(default: a synthetic workload from the options below).",
+        rich_help_panel="Workload"),
     rate: str = typer.Option("4", "--rate", "-r", help="Requests/s: 10, ramp:1..20/60s or "
-                             "step:2+2/30s..20."),
+                             "step:2+2/30s..20.",
+        rich_help_panel="Workload"),
     process: str = typer.Option("poisson", "--process", help="Arrivals: poisson, gamma, "
-                                "constant."),
-    cv: float = typer.Option(1.0, "--cv", help="Inter-arrival coefficient of variation (gamma)."),
+                                "constant.",
+        rich_help_panel="Workload"),
+    cv: float = typer.Option(1.0, "--cv", help="Inter-arrival coefficient of variation (gamma).",
+        rich_help_panel="Workload"),
     input_tokens: str = typer.Option("lognormal:mean=512,cv=0.6,max=4096", "--input-tokens",
                                      help="Prompt lengths: 512, lognormal:mean=512,cv=0.6, "
-                                     "uniform:100..200."),
+                                     "uniform:100..200.",
+        rich_help_panel="Workload"),
     output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",
-                                      help="Output lengths (same forms)."),
+                                      help="Output lengths (same forms).",
+        rich_help_panel="Workload"),
     apps: str = typer.Option("chatbot:0.6,coding:0.3,summarization:0.1", "--apps",
-                             help="Application-class mix, e.g. chatbot:0.7,coding:0.3."),
+                             help="Application-class mix, e.g. chatbot:0.7,coding:0.3.",
+        rich_help_panel="Workload"),
     reasoning_fraction: float = typer.Option(0.0, "--reasoning-fraction", help="Share of a "
-                                             "reasoning request's output that is thinking."),
+                                             "reasoning request's output that is thinking.",
+        rich_help_panel="Workload"),
     mode: str = typer.Option("open", "--mode", help="open (arrival schedule), closed (N users),"
-                             " ramp (users added in steps)."),
-    users: int = typer.Option(8, "--users", "-u", help="Closed loop: concurrent users."),
+                             " ramp (users added in steps).",
+        rich_help_panel="Load"),
+    users: int = typer.Option(8, "--users", "-u", help="Closed loop: concurrent users.",
+        rich_help_panel="Load"),
     think_time: str = typer.Option(None, "--think-time", help="Closed loop: pause between a "
-                                   "user's requests (default: the Workload's think_s)."),
+                                   "user's requests (default: the Workload's think_s).",
+        rich_help_panel="Load"),
     ramp: str = typer.Option("2+2/10s..16", "--ramp", help="Step ramp: START+STEP/INTERVAL..MAX"
-                             " users."),
+                             " users.",
+        rich_help_panel="Load"),
     max_concurrency: int = typer.Option(None, "--max-concurrency", help="Cap on requests in "
-                                        "flight (queueing counts in latency)."),
+                                        "flight (queueing counts in latency).",
+        rich_help_panel="Load"),
     duration: str = typer.Option(None, "--duration", "-d", help="Stop sending after this long "
-                                 "(e.g. 60s). Default: 20s unless --requests is given."),
+                                 "(e.g. 60s). Default: 20s unless --requests is given.",
+        rich_help_panel="Load"),
     requests: int = typer.Option(None, "--requests", "-n", help="Stop after this many "
-                                 "requests."),
+                                 "requests.",
+        rich_help_panel="Load"),
     warmup: str = typer.Option("0s", "--warmup", help="Excluded from the summary (kept in "
-                               "records)."),
+                               "records).",
+        rich_help_panel="Load"),
     cooldown: str = typer.Option("0s", "--cooldown", help="Excluded from the summary at the "
-                                 "end."),
-    timeout: str = typer.Option("600s", "--timeout", help="Per-request time limit."),
+                                 "end.",
+        rich_help_panel="Load"),
+    timeout: str = typer.Option("600s", "--timeout", help="Per-request time limit.",
+        rich_help_panel="Load"),
     stall_timeout: str = typer.Option("60s", "--stall-timeout", help="Longest silence within a "
-                                      "response."),
+                                      "response.",
+        rich_help_panel="Load"),
     slo: str = typer.Option(None, "--slo", "-s", help="SLOs per class, e.g. 'chatbot: "
-                            "ttft<=1s, tpot<=100ms; coding: tpot<=50ms' (defaults: docs/slo.md)."),
+                            "ttft<=1s, tpot<=100ms; coding: tpot<=50ms' (defaults: docs/slo.md).",
+        rich_help_panel="SLOs and output"),
     lag_threshold: str = typer.Option("5ms", "--lag-threshold", help="p99 send lag above which "
-                                      "the run is not valid."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where run directories go."),
-    run_id: str = typer.Option(None, "--run-id", help="Name of the run directory."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the workload."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+                                      "the run is not valid.",
+        rich_help_panel="SLOs and output"),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where run directories go.",
+        rich_help_panel="SLOs and output"),
+    run_id: str = typer.Option(None, "--run-id", help="Name of the run directory.",
+        rich_help_panel="SLOs and output"),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the workload.",
+        rich_help_panel="Workload"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.",
+        rich_help_panel="SLOs and output"),
 ) -> None:
     """Benchmark a target with a workload; report latency, SLO attainment and goodput."""
     duration_s = parse_duration(duration, "--duration", allow_zero=False)
