@@ -7,6 +7,7 @@ and prints.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -117,7 +118,7 @@ async def probe_target(target: TargetConfig, timeout_s: float = 10.0) -> str:
     except aiohttp.ClientConnectorError as exc:
         raise UserError(f"--target: cannot reach {base} ({exc.os_error or exc}); is the server "
                         "running and the URL right?") from None
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
         raise UserError(f"--target: {base} did not answer GET /v1/models within {timeout_s:g}s "
                         f"({type(exc).__name__}); check the URL and the server") from None
     if status in (401, 403):

@@ -158,7 +158,7 @@ class OpenAIBackend:
         except aiohttp.ClientConnectorError as exc:
             result.fail("connect_error", f"cannot connect to {self.base_url}: {exc.os_error}",
                         clock.now())
-        except TimeoutError as exc:  # aiohttp's read/total timeouts subclass it
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct types before 3.11
             what = str(exc) or type(exc).__name__
             result.fail("timeout", f"timed out: {what}", clock.now())
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
@@ -343,7 +343,7 @@ def _reasoning_from_usage(usage: dict[str, Any]) -> int | None:
 async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
     try:
         raw = await asyncio.wait_for(resp.content.read(2048), timeout=2.0)
-    except (TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError):
         return "(no body)"
     text = raw.decode("utf-8", "replace").strip().replace("\n", " ")
     try:
