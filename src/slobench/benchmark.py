@@ -203,7 +203,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         client_health=health,
         token_counting=token_counting(records),
         requests_sent=outcome.sent,
-        dispatch_spin_s=outcome.spin_s,
+        dispatch_poll={"wall_s": outcome.spin_s, "iterations": outcome.polls,
+                       "cpu_per_iteration_s": outcome.poll_cost_s},
         journal={"torn_lines": torn},
     )
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)

@@ -67,7 +67,9 @@ class RunOutcome:
     end_s: float  # when the last request finished or was cancelled
     sent: int
     cpu_samples: list[float]  # client CPU utilisation (fraction of one core) per interval
-    spin_s: float
+    spin_s: float  # wall time spent polling just before sends
+    polls: int  # idle poll iterations
+    poll_cost_s: float  # measured CPU per idle poll iteration
 
 
 class Runner:
@@ -100,6 +102,8 @@ class Runner:
         self._interrupted = False
         self._sigints = 0
         self._spin_s = 0.0
+        self._polls = 0  # empty-handed loop iterations of the send poll
+        self._poll_cost_s = 0.0  # CPU of one such iteration, measured at start
         self._next = 0  # closed loop: next workload row to take
         self._cycle = 0
         self._sent = 0
@@ -151,9 +155,12 @@ class Runner:
                     await asyncio.sleep(min(delta - SPIN_S, 0.1))
                 continue
             spin_start = time.perf_counter()
+            polls = 0
             while clock.now() < t:
                 await asyncio.sleep(0)  # poll: network callbacks still run
+                polls += 1
             self._spin_s += time.perf_counter() - spin_start
+            self._polls += polls
             return
 
     # -- requests ----------------------------------------------------------------------------
@@ -272,15 +279,23 @@ class Runner:
 
     # -- health and progress -----------------------------------------------------------------
 
+    async def _calibrate_poll(self, iterations: int = 2000) -> None:
+        """CPU cost of one idle poll iteration, so the health check can take out the cost of
+        polling itself (its share grows with the rate, not with the work) while keeping the
+        network callbacks that run inside the poll as load."""
+        start = time.process_time()
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        self._poll_cost_s = (time.process_time() - start) / iterations
+
     async def _monitor(self, samples: list[float]) -> None:
-        # Raw process CPU, spinning included: network callbacks run inside the spin too, so
-        # subtracting it would hide real work; a core busy >= 90% has no slack left either way.
-        last_cpu, last_wall = time.process_time(), time.perf_counter()
+        last_cpu, last_wall, last_polls = time.process_time(), time.perf_counter(), self._polls
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            cpu, wall = time.process_time(), time.perf_counter()
-            samples.append(max(cpu - last_cpu, 0.0) / max(wall - last_wall, 1e-9))
-            last_cpu, last_wall = cpu, wall
+            cpu, wall, polls = time.process_time(), time.perf_counter(), self._polls
+            busy = (cpu - last_cpu) - (polls - last_polls) * self._poll_cost_s
+            samples.append(max(busy, 0.0) / max(wall - last_wall, 1e-9))
+            last_cpu, last_wall, last_polls = cpu, wall, polls
             if self.on_progress:
                 self.on_progress(self.progress)
 
@@ -311,6 +326,7 @@ class Runner:
         raise_open_file_limit()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=False)
         samples: list[float] = []
+        await self._calibrate_poll()
         self.journal.start()
         monitor = loop.create_task(self._monitor(samples))
         try:
@@ -349,7 +365,8 @@ class Runner:
             self.on_progress(self.progress)
         return RunOutcome(interrupted=self._interrupted, schedule_end_s=schedule_end,
                           end_s=self.clock.now(), sent=self._sent, cpu_samples=samples,
-                          spin_s=self._spin_s)
+                          spin_s=self._spin_s, polls=self._polls,
+                          poll_cost_s=self._poll_cost_s)
 
 
 def raise_open_file_limit() -> None:
