@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -13,12 +14,13 @@ import typer
 from slobench.benchmark import BenchmarkConfig, TargetConfig, built_in_target, run_benchmark
 from slobench.cli.main import app, user_errors
 from slobench.client.pacing import LoadPlan
-from slobench.client.runner import Timeouts
+from slobench.client.runner import Progress, Runner, Timeouts
 from slobench.errors import UserError
 from slobench.report.live import LiveDisplay
 from slobench.report.terminal import console, render
 from slobench.schema import read_workload
 from slobench.slo.spec import parse_slo
+from slobench.store.rundir import RunDir
 from slobench.units import parse_duration
 from slobench.workload.synthetic import synthetic_workload
 
@@ -158,7 +160,7 @@ def run(
 ) -> None:
     """Benchmark a target with a workload; report latency, SLO attainment and goodput."""
     duration_s = parse_duration(duration, "--duration", allow_zero=False)
-    if duration_s is None and requests is None and workload is None:
+    if duration_s is None and requests is None and workload is None and mode != "ramp":
         duration_s = 20.0
     ramp_start, ramp_step, ramp_interval, ramp_max = parse_ramp(ramp)
     plan = LoadPlan(
@@ -169,8 +171,9 @@ def run(
         cooldown_s=parse_duration(cooldown, "--cooldown") or 0.0,
     ).validate()
     if mode == "ramp" and duration_s is None and requests is None:
-        plan = LoadPlan(**{**plan.__dict__, "duration_s": ramp_interval * (
-            1 + -(-(ramp_max - ramp_start) // ramp_step))})
+        # until the last users have run one full interval
+        plan = replace(plan, duration_s=plan.ramp_start_times()[-1] + ramp_interval)
+        duration_s = plan.duration_s
     slos = parse_slo(slo)  # fail fast on a bad spec, before anything starts
     timeouts = Timeouts(request_s=parse_duration(timeout, "--timeout", allow_zero=False) or 600,
                         stall_s=parse_duration(stall_timeout, "--stall-timeout",
@@ -210,24 +213,24 @@ def run(
             cfg.target.url = stack.enter_context(built_in_target(model))
             err_console.print(f"[dim]No --target given: benchmarking the built-in scripted "
                               f"server at {cfg.target.url}[/dim]")
-        total = min(table.num_rows, requests) if plan.mode == "open" and requests else (
-            table.num_rows if plan.mode == "open" and duration_s is None else requests)
-        display = LiveDisplay(err_console, slos, total=total, duration_s=duration_s)
-        if quiet or not err_console.is_terminal:
-            display = None
+        live = not quiet and err_console.is_terminal
+        display: list[LiveDisplay] = []  # entered once the run starts, exited by the stack
 
-        def on_start(run_dir, runner) -> None:  # type: ignore[no-untyped-def]
-            err_console.print(f"[dim]Run {run_dir.run_id}: {table.num_rows} requests planned, "
-                              f"mode {plan.mode}, journal {run_dir.journal_path}[/dim]")
-            if display:
-                display.__enter__()
+        def on_start(run_dir: RunDir, runner: Runner) -> None:
+            planned = (f"{table.num_rows} requests planned" if plan.mode == "open" else
+                       f"{plan.users if plan.mode == 'closed' else plan.ramp_max} users")
+            err_console.print(f"[dim]Run {run_dir.run_id}: {planned}, mode {plan.mode}, "
+                              f"journal {run_dir.journal_path}[/dim]")
+            if live:
+                display.append(stack.enter_context(LiveDisplay(
+                    err_console, slos, total=runner.progress.total, duration_s=duration_s)))
 
-        try:
-            analysis = run_benchmark(table, cfg, on_start=on_start,
-                                     on_progress=display.update if display else None)
-        finally:
+        def on_progress(progress: Progress) -> None:
             if display:
-                display.__exit__(None, None, None)
+                display[0].update(progress)
+
+        analysis = run_benchmark(table, cfg, on_start=on_start,
+                                 on_progress=on_progress if live else None)
     specs = {a: analysis.slos.for_app(a).text for a in (analysis.summary.get("classes") or {})}
     notes = []
     if analysis.manifest.get("status") == "interrupted":
