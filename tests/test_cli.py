@@ -229,3 +229,38 @@ def test_report_reads_a_journal_with_a_torn_last_line(tmp_path, scripted_server)
     assert json.loads(rep.stdout)["summary"]["total_requests"] == 6
     rep = slobench("report", str(run), cwd=tmp_path)
     assert "1 torn journal line(s) skipped" in rep.stdout
+
+
+def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
+    """Run slobench with a pseudo-terminal as stdout and stderr (the live display's path)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SLOBENCH, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**os.environ, "COLUMNS": "100"})
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=10), out.decode("utf-8", "replace")
+
+
+def test_terminal_paths(tmp_path):
+    rc, out = _run_in_pty(["run", "-t", "http://127.0.0.1:9", "--out", "runs"], tmp_path)
+    assert rc == 2 and "Traceback" not in out and out.count("error: ") == 1, out
+    rc, out = _run_in_pty(["run", "-d", "2s", "--out", "runs"], tmp_path)
+    assert rc == 0 and "Traceback" not in out, out
+    assert "goodput" in out and "in flight" in out  # the live display ran
