@@ -21,15 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from typing import Any, Literal
@@ -37,6 +31,8 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from slobench.engine.process import ServerProcess, run_event_loop, serve_until_stopped
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -552,32 +548,13 @@ async def start_in_loop(
 # entry point
 
 
-async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
-    """Exit with the process that started us, even when it was SIGKILLed (no orphans)."""
-    while not stop.is_set():
-        if os.getppid() != parent_pid:
-            stop.set()
-            return
-        await asyncio.sleep(0.5)
-
-
 async def _serve(script: Script, host: str, port: int, model: str,
                  parent_pid: int | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
-    runner, base_url = await start_in_loop(script, host, port, model)
-    watcher = loop.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
-    try:
-        sys.stdout.write(f"LISTENING {base_url}\n")
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        if watcher:
-            watcher.cancel()
-        await runner.cleanup()
+    async def start() -> tuple[str, Any]:
+        runner, base_url = await start_in_loop(script, host, port, model)
+        return base_url, runner.cleanup
+
+    await serve_until_stopped(start, parent_pid)
 
 
 def _port(text: str) -> int:
@@ -609,14 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     coro = _serve(script, args.host, args.port, args.model, args.parent_pid)
     try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    try:
-        if uvloop is not None:
-            uvloop.run(coro)
-        else:
-            asyncio.run(coro)
+        run_event_loop(coro)
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -629,12 +599,14 @@ def main(argv: list[str] | None = None) -> int:
 # subprocess helper
 
 
-class ScriptedServerProcess:
+class ScriptedServerProcess(ServerProcess):
     """Run the scripted server in a subprocess for the duration of a ``with`` block.
 
     >>> with ScriptedServerProcess({"ttft_s": 0.1}) as srv:  # doctest: +SKIP
     ...     print(srv.base_url)
     """
+
+    what = "scripted server"
 
     def __init__(
         self,
@@ -649,105 +621,12 @@ class ScriptedServerProcess:
         self.model = model
         self.host = host
         self.port = port
-        self.startup_timeout_s = startup_timeout_s
-        self.base_url = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stderr: Any = None
-
-    def start(self) -> str:
-        """Start the server and wait for it to listen; returns its base URL."""
-        if self.proc is not None:
-            return self.base_url
-        src_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
-        cmd = [
-            sys.executable,
-            "-m",
+        super().__init__(
             "slobench.engine.scripted",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--script",
-            self.script.model_dump_json(exclude_defaults=True),
-            "--model",
-            self.model,
-            "--parent-pid",
-            str(os.getpid()),
-        ]
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, env=env
+            ["--host", host, "--port", str(port),
+             "--script", self.script.model_dump_json(exclude_defaults=True), "--model", model],
+            startup_timeout_s=startup_timeout_s,
         )
-        try:
-            line = self._read_line(self.proc, self.startup_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        self.base_url = line.split(" ", 1)[1].strip()
-        return self.base_url
-
-    def _read_line(self, proc: subprocess.Popen[bytes], timeout_s: float) -> str:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(
-                        f"scripted server did not start within {timeout_s:g} s{self._stderr_tail()}"
-                    )
-                if not sel.select(left):
-                    continue
-                data = os.read(proc.stdout.fileno(), 4096)
-                if not data:
-                    proc.wait(timeout=5)
-                    raise RuntimeError(
-                        f"scripted server exited with code {proc.returncode} before listening"
-                        f"{self._stderr_tail()}"
-                    )
-                buf += data
-        line = buf.split(b"\n", 1)[0].decode()
-        if not line.startswith("LISTENING "):
-            raise RuntimeError(f"scripted server printed {line!r} instead of LISTENING")
-        return line
-
-    def stderr_text(self) -> str:
-        """Everything the server wrote to stderr so far (empty while all is well)."""
-        if self._stderr is None:
-            return ""
-        with contextlib.suppress(OSError, ValueError):
-            fd = self._stderr.fileno()  # shared with the child: pread leaves its offset alone
-            return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
-        return ""
-
-    def _stderr_tail(self) -> str:
-        text = self.stderr_text().strip()
-        return ":\n" + text[-2000:] if text else ""
-
-    def stop(self) -> None:
-        """SIGTERM the server, then kill it if it has not exited within 5 s."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
 
     def stats(self) -> dict[str, Any]:
         """The server's /stats (request count, receipt times, max_tokens)."""
@@ -762,9 +641,6 @@ class ScriptedServerProcess:
     def __enter__(self) -> ScriptedServerProcess:
         self.start()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":
