@@ -13,19 +13,17 @@ import typer
 
 from slobench.benchmark import BenchmarkConfig, TargetConfig, built_in_target, run_benchmark
 from slobench.cli.main import app, user_errors
+from slobench.cli.options import build_workload
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Progress, Runner, Timeouts
 from slobench.errors import UserError
 from slobench.report.live import LiveDisplay
 from slobench.report.terminal import console, render
-from slobench.schema import read_workload
 from slobench.slo.spec import parse_slo
 from slobench.store.rundir import RunDir
 from slobench.units import parse_duration
-from slobench.workload.synthetic import synthetic_workload
 
 _RAMP = re.compile(r"^\s*(\d+)\s*\+\s*(\d+)\s*/\s*([^.]+?)\s*\.\.\s*(\d+)\s*$")
-CLOSED_LOOP_POOL = 5000  # requests drawn (and cycled) by closed-loop users
 
 
 def parse_ramp(text: str) -> tuple[int, int, float, int]:
@@ -178,24 +176,10 @@ def run(
     timeouts = Timeouts(request_s=parse_duration(timeout, "--timeout", allow_zero=False) or 600,
                         stall_s=parse_duration(stall_timeout, "--stall-timeout",
                                                allow_zero=False) or 60)
-    options = {"rate": rate, "process": process, "cv": cv, "input_tokens": input_tokens,
-               "output_tokens": output_tokens, "apps": apps,
-               "reasoning_fraction": reasoning_fraction}
-    if workload is not None:
-        table = read_workload(workload)
-        source, options = str(workload), {}
-    elif plan.mode == "open":
-        table = synthetic_workload(process=process, rate=rate, cv=cv, n_requests=requests,
-                                   duration_s=duration_s, input_tokens=input_tokens,
-                                   output_tokens=output_tokens, apps=apps,
-                                   reasoning_fraction=reasoning_fraction, seed=seed)
-        source = "synthetic"
-    else:  # closed loop: arrival times are unused; users draw requests in order
-        table = synthetic_workload(process="constant", rate=1000.0,
-                                   n_requests=requests or CLOSED_LOOP_POOL,
-                                   input_tokens=input_tokens, output_tokens=output_tokens,
-                                   apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
-        source = "synthetic"
+    table, source, options = build_workload(
+        workload, closed_loop=plan.mode != "open", requests=requests, duration_s=duration_s,
+        rate=rate, process=process, cv=cv, input_tokens=input_tokens,
+        output_tokens=output_tokens, apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
     slos.check_classes(set(table["app"].to_pylist()))
     api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)

@@ -2,7 +2,7 @@
 
     StepCostModel (hardware x model x parallelism)  -- how long one engine step takes
     Scheduler (clock-agnostic: it is told "now")      -- which work goes into the next step
-    drivers: simulator (virtual clock) and HTTP emulator (real clock) -- advance time, deliver tokens
+    drivers: simulator (virtual clock), HTTP emulator (real clock) -- advance time, deliver tokens
 
 The engine package knows nothing of the client (DESIGN.md): it produces Records rows through
 the shared schema only.
