@@ -25,6 +25,7 @@ from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
 from slobench.clock import RunClock
+from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
 from slobench.slo.spec import SLOSet, parse_slo
@@ -63,9 +64,11 @@ class BenchmarkConfig:
     seed: int = 0
     workload_source: str = "synthetic"
     workload_options: dict[str, Any] = field(default_factory=dict)
+    builtin_engine: EngineConfig | None = None  # set when the target is the built-in emulator
 
     def public(self) -> dict[str, Any]:
         return {
+            "builtin_engine": self.builtin_engine.describe() if self.builtin_engine else None,
             "target": self.target.public(),
             "plan": asdict(self.plan),
             "timeouts": asdict(self.timeouts),
@@ -93,17 +96,26 @@ class Analysis:
 
 # -- the target --------------------------------------------------------------------------------
 
-DEFAULT_SCRIPT = {"ttft_s": 0.08, "tpot_s": 0.012, "tokens_per_chunk": 1}
-
-
 @contextlib.contextmanager
-def built_in_target(model: str | None) -> Iterator[str]:
-    """The default target until the engine emulator lands: the scripted server, in a subprocess
-    so its work never counts as client CPU."""
-    from slobench.engine.scripted import ScriptedServerProcess
+def built_in_target(engine: EngineConfig) -> Iterator[str]:
+    """The embedded default target: the engine emulator, in a subprocess so its work never
+    counts as client CPU."""
+    from slobench.engine.emulator import EmulatorProcess
 
-    with ScriptedServerProcess(DEFAULT_SCRIPT, model=model or "scripted-model") as srv:
+    with EmulatorProcess(engine) as srv:
         yield srv.base_url
+
+
+def emulator_health(base_url: str | None) -> dict[str, Any] | None:
+    """The built-in emulator's own account of whether it kept real time (GET /health)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=5) as resp:
+            data = orjson.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def probe_target(target: TargetConfig, timeout_s: float = 10.0) -> str:

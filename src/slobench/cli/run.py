@@ -11,14 +11,21 @@ from pathlib import Path
 import orjson
 import typer
 
-from slobench.benchmark import BenchmarkConfig, TargetConfig, built_in_target, run_benchmark
+from slobench.benchmark import (
+    BenchmarkConfig,
+    TargetConfig,
+    built_in_target,
+    emulator_health,
+    run_benchmark,
+)
 from slobench.cli.main import app, user_errors
-from slobench.cli.options import build_workload
+from slobench.cli.options import build_workload, gpu_option, policy_option, tp_option
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Progress, Runner, Timeouts
+from slobench.engine.config import DEFAULT_MODEL, EngineConfig
 from slobench.errors import UserError
 from slobench.report.live import LiveDisplay
-from slobench.report.terminal import console, render
+from slobench.report.terminal import console, engine_text, render
 from slobench.slo.spec import parse_slo
 from slobench.store.rundir import RunDir
 from slobench.units import parse_duration
@@ -65,7 +72,8 @@ def run(
                                "server. Default: start the built-in target.",
         rich_help_panel="Target"),
     model: str = typer.Option(None, "--model", "-m", help="Model name (default: the first one "
-                              "the server lists).",
+                              "the server lists). Without --target: the emulated model "
+                              "(default llama-3.1-8b).",
         rich_help_panel="Target"),
     engine: str = typer.Option("generic", "--engine", "-e", help="Request fields preset: vllm, "
                                "sglang, tgi, llamacpp, openai, generic.",
@@ -153,6 +161,9 @@ def run(
         rich_help_panel="SLOs and output"),
     seed: int = typer.Option(0, "--seed", help="Random seed for the workload.",
         rich_help_panel="Workload"),
+    gpu: str = gpu_option(),
+    tp: int = tp_option(),
+    policy: str = policy_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.",
         rich_help_panel="SLOs and output"),
 ) -> None:
@@ -194,9 +205,14 @@ def run(
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:
         if target is None:
-            cfg.target.url = stack.enter_context(built_in_target(model))
-            err_console.print(f"[dim]No --target given: benchmarking the built-in scripted "
-                              f"server at {cfg.target.url}[/dim]")
+            engine_cfg = EngineConfig(model=model or DEFAULT_MODEL, gpu=gpu, tp=tp,
+                                      policy=policy).validate_all()
+            cfg.builtin_engine = engine_cfg
+            cfg.target.model = None  # whatever the emulator serves
+            err_console.print(engine_text(engine_cfg.describe()))
+            cfg.target.url = stack.enter_context(built_in_target(engine_cfg))
+            err_console.print(f"[dim]No --target given: benchmarking the built-in engine "
+                              f"emulator at {cfg.target.url}[/dim]")
         live = not quiet and err_console.is_terminal
         display: list[LiveDisplay] = []  # entered once the run starts, exited by the stack
 
@@ -215,12 +231,19 @@ def run(
 
         analysis = run_benchmark(table, cfg, on_start=on_start,
                                  on_progress=on_progress if live else None)
+        emulator = emulator_health(cfg.target.url) if target is None else None
+    if emulator is not None:
+        analysis.run.update_manifest(emulator=emulator)
     specs = {a: analysis.slos.for_app(a).text for a in (analysis.summary.get("classes") or {})}
     notes = []
     if analysis.manifest.get("status") == "interrupted":
         notes.append("Interrupted: the summary covers requests scheduled before the cut-off.")
     if not stream:
         notes.append("Not streaming: TTFT equals E2E and TPOT/ITL cannot be measured.")
+    if emulator is not None and not emulator.get("keeping_real_time", True):
+        notes.append(f"The emulator fell behind real time ({emulator['late_steps']} of "
+                     f"{emulator['steps']} steps late, worst {emulator['lag_max_s'] * 1e3:.0f} "
+                     "ms): its latencies are pessimistic; use `slobench simulate` for this load.")
     out_console.print(render(analysis.summary, analysis.health, slo_specs=specs,
                              run_path=str(analysis.run.path), notes=notes))
     if analysis.manifest.get("status") == "interrupted":

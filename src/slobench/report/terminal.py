@@ -129,3 +129,21 @@ def console(stderr: bool = False) -> Console:
     if c.width > MAX_WIDTH or not c.is_terminal:
         c.width = MAX_WIDTH
     return c
+
+
+def engine_text(d: dict[str, Any]) -> Text:
+    """One paragraph about an engine model: what it is, what the model says it can do."""
+    cfg = d.get("config") or {}
+    parts = [f"{d.get('model')} on {d.get('tp', 1)}× {d.get('gpu')} "
+             f"({d.get('weight_dtype')} weights, {d.get('kv_dtype')} KV)"]
+    if d.get("kv_capacity_tokens") is not None:
+        parts.append(f"KV cache {d['kv_capacity_tokens']:,} tokens")
+    floor = d.get("decode_step_floor_s")
+    if floor:
+        parts.append(f"decode step at batch 1 {fmt_s(floor)}")
+    if d.get("ttft_256_idle_s"):
+        parts.append(f"idle TTFT at 256 prompt tokens {fmt_s(d['ttft_256_idle_s'])}")
+    if cfg:
+        parts.append(f"policy {cfg.get('policy')}, max {cfg.get('max_num_seqs')} seqs, "
+                     f"{cfg.get('max_num_batched_tokens')} tokens/step")
+    return Text("Engine model: " + "; ".join(parts) + ".", style="cyan")
