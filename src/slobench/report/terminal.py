@@ -81,6 +81,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 
 def health_text(health: dict[str, Any]) -> Text:
+    if health.get("simulated"):
+        return Text("Simulated in virtual time: no client, so no send lag to judge.",
+                    style="green")
     lag = health.get("send_lag_s") or {}
     cpu = health.get("cpu") or {}
     detail = f"send lag p50 {fmt_s(lag.get('p50'))} p99 {fmt_s(lag.get('p99'))}"
