@@ -8,8 +8,8 @@ from typing import Any
 import pyarrow as pa
 import typer
 
-from slobench.schema import read_workload
 from slobench.workload.synthetic import synthetic_workload
+from slobench.workload.traces import load_trace
 
 ENGINE_PANEL = "Engine model (emulator and simulator)"
 
@@ -81,8 +81,8 @@ def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None
                    input_tokens: str, output_tokens: str, apps: str, reasoning_fraction: float,
                    seed: int) -> tuple[pa.Table, str, dict[str, Any]]:
     """A Workload file, or a synthetic workload from the options: (table, source, options)."""
-    if path is not None:
-        return read_workload(path), str(path), {}
+    if path is not None:  # our Parquet/JSONL, or a public trace (format detected)
+        return load_trace(path), str(path), {}
     options = {"rate": rate, "process": process, "cv": cv, "input_tokens": input_tokens,
                "output_tokens": output_tokens, "apps": apps,
                "reasoning_fraction": reasoning_fraction, "seed": seed}

@@ -94,8 +94,9 @@ def run(
     extra_body: str = typer.Option(None, "--extra-body", help="JSON object merged into every "
                                    "request body.",
         rich_help_panel="Target"),
-    workload: Path = typer.Option(None, "--workload", "-w", help="Workload Parquet file "
-                                  "(default: a synthetic workload from the options below).",
+    workload: Path = typer.Option(None, "--workload", "-w", help="Workload: Parquet/JSONL, "
+                                  "or an Azure, BurstGPT, Mooncake or Vidur trace (docs/traces.md)"
+                                  ". Default: synthetic, from the options below.",
         rich_help_panel="Workload"),
     rate: str = typer.Option("4", "--rate", "-r", help="Requests/s: 10, ramp:1..20/60s or "
                              "step:2+2/30s..20.",
