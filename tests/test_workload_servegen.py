@@ -249,3 +249,11 @@ def test_real_pools_load(tmp_path):
     again = load_pool(REAL / "language" / "m-small", cache_dir=tmp_path)
     assert again.report["cache"] == "hit"
     json.dumps(pool.span(0, 3600).summary())
+
+
+@pytest.mark.parametrize("text", ["{1 2: 3}", "{1: 2 3: 4}", "{1: 2,, 3: 4}", "{, 1: 2}",
+                                  "{1:2}{3:4}", '{__import__("os")}', "{1: 2, 3}", "{1e: 2}",
+                                  "{: 1}", "{1: --2}", "{,}", "1: 2", "{1: 2}, 3"])
+def test_malformed_distribution_structures_are_refused(text):
+    with pytest.raises(UserError, match="nothing is evaluated"):
+        parse_distribution(text, source="f.json:3")
