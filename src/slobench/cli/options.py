@@ -8,6 +8,8 @@ from typing import Any
 import pyarrow as pa
 import typer
 
+from slobench.errors import UserError
+from slobench.workload.profiles import profile_workload
 from slobench.workload.synthetic import synthetic_workload
 from slobench.workload.traces import load_trace
 
@@ -79,10 +81,19 @@ CLOSED_LOOP_POOL = 5000  # requests drawn (and cycled) by closed-loop users
 def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None,
                    duration_s: float | None, rate: str, process: str, cv: float,
                    input_tokens: str, output_tokens: str, apps: str, reasoning_fraction: float,
-                   seed: int) -> tuple[pa.Table, str, dict[str, Any]]:
-    """A Workload file, or a synthetic workload from the options: (table, source, options)."""
+                   seed: int, profile: str | None = None) -> tuple[pa.Table, str, dict[str, Any]]:
+    """A Workload file, a built-in profile, or a synthetic workload from the options:
+    (table, source, options). With a profile, ``rate`` is the aggregate rate (trace, trace*2,
+    peak:50, a number, ...) under the profile's client composition and lengths."""
+    if path is not None and profile is not None:
+        raise UserError("give --workload or --profile, not both")
     if path is not None:  # our Parquet/JSONL, or a public trace (format detected)
         return load_trace(path), str(path), {}
+    if profile is not None:
+        n = requests or (CLOSED_LOOP_POOL if closed_loop else None)
+        table = profile_workload(profile, rate=rate, duration_s=None if closed_loop else
+                                 duration_s, requests=n, seed=seed)
+        return table, f"profile:{profile}", {"profile": profile, "rate": rate, "seed": seed}
     options = {"rate": rate, "process": process, "cv": cv, "input_tokens": input_tokens,
                "output_tokens": output_tokens, "apps": apps,
                "reasoning_fraction": reasoning_fraction, "seed": seed}

@@ -98,6 +98,10 @@ def run(
                                   "or an Azure, BurstGPT, Mooncake or Vidur trace (docs/traces.md)"
                                   ". Default: synthetic, from the options below.",
         rich_help_panel="Workload"),
+    profile: str = typer.Option(None, "--profile", help="Built-in workload profile "
+                                "(language, reasoning, multimodal, ...; docs/profiles.md); "
+                                "--rate trace for its own rate.",
+        rich_help_panel="Workload"),
     rate: str = typer.Option("4", "--rate", "-r", help="Requests/s: 10, ramp:1..20/60s or "
                              "step:2+2/30s..20.",
         rich_help_panel="Workload"),
@@ -191,7 +195,8 @@ def run(
     table, source, options = build_workload(
         workload, closed_loop=plan.mode != "open", requests=requests, duration_s=duration_s,
         rate=rate, process=process, cv=cv, input_tokens=input_tokens,
-        output_tokens=output_tokens, apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
+        output_tokens=output_tokens, apps=apps, reasoning_fraction=reasoning_fraction, seed=seed,
+        profile=profile)
     slos.check_classes(set(table["app"].to_pylist()))
     api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)

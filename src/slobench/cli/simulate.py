@@ -34,6 +34,9 @@ WORKLOAD = "Workload (when no WORKLOAD file is given)"
 @user_errors
 def simulate(
     workload: Path = typer.Argument(None, help="Workload Parquet file (default: synthetic)."),
+    profile: str = typer.Option(None, "--profile", help="Built-in workload profile "
+                                "(docs/profiles.md); --rate trace for its own rate.",
+                                rich_help_panel=WORKLOAD),
     rate: str = typer.Option("10", "--rate", "-r", help="Requests/s: 10, ramp:1..20/60s or "
                              "step:2+2/30s..20.", rich_help_panel=WORKLOAD),
     process: str = typer.Option("poisson", "--process", help="Arrivals: poisson, gamma, "
@@ -87,7 +90,7 @@ def simulate(
     table, source, options = build_workload(
         workload, closed_loop=False, requests=requests, duration_s=duration_s, rate=rate,
         process=process, cv=cv, input_tokens=input_tokens, output_tokens=output_tokens,
-        apps=apps, reasoning_fraction=reasoning_fraction, seed=seed)
+        apps=apps, reasoning_fraction=reasoning_fraction, seed=seed, profile=profile)
     err = console(stderr=True)
     err.print(engine_text(engine.describe()))
     span = float(table["arrival_s"].to_numpy().max()) if table.num_rows else 0.0
