@@ -86,6 +86,7 @@ def test_main_job_then_report(tmp_path):
     assert {"python", "aiohttp", "pyarrow"} <= set(manifest["versions"])
     assert manifest["client_health"]["send_lag_s"]["count"] > 0
     assert manifest["token_counting"]
+    assert manifest["config"]["workload_options"]["input_tokens"].startswith("lognormal")
     summary = json.loads((run / "summary.json").read_text())["summary"]
     assert summary["overall"]["requests"] > 0
     assert "goodput" in proc.stdout and "TTFT" in proc.stdout

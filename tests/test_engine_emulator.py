@@ -604,8 +604,6 @@ def test_hanging_up_mid_stream_from_the_client_side(emu):
     run(go())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a non-streaming request keeps running after its "
-                   "client hangs up (emulator.py _whole never watches for the disconnect)")
 def test_non_streaming_disconnect_frees_the_request():
     async def go() -> None:
         async with in_process() as url, client() as s:
@@ -617,8 +615,6 @@ def test_non_streaming_disconnect_frees_the_request():
     run(go())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a request the scheduler rejects (prompt + output "
-                   "beyond the KV cache) is answered 200 with no tokens instead of 400")
 def test_request_beyond_the_kv_cache_is_a_400():
     config = EngineConfig(model="llama-3.1-70b", tp=2)  # 31k tokens of KV < max_model_len
     assert config.cost_model.kv_capacity_tokens() < 40_000 < config.max_model_len

@@ -49,6 +49,7 @@ class TargetConfig:
         d = asdict(self)
         d.pop("api_key")
         d["api_key_set"] = bool(self.api_key)
+        d["headers"] = {name: "***" for name in self.headers}  # headers often carry credentials
         return d
 
 

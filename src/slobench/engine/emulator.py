@@ -33,7 +33,7 @@ from slobench.prompts.tokenizer import BuiltinTokenizer
 log = logging.getLogger("slobench.emulator")
 
 POLL_S = 0.0015  # sleep to within this of a step's end, then poll (timers are ms-coarse)
-LATE_TOLERANCE_S = 0.002  # a step ending later than this behind schedule counts as late
+LATE_TOLERANCE_S = 0.005  # a step ending later than this behind schedule counts as late
 DEFAULT_MAX_TOKENS = 256
 PREFIX_BLOCK = 16  # tokens per hashed prompt block (the scheduler's default block size)
 
@@ -48,6 +48,18 @@ class Faults:
     stall_s: float = 5.0
     slow_first_byte_s: float = 0.0  # delay before the response headers
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from slobench.errors import UserError
+
+        for name in ("disconnect_rate", "stall_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"--{name.replace('_', '-')}: {value} is not a probability; "
+                                "give a number between 0 and 1")
+        for name in ("stall_s", "slow_first_byte_s"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')}: must be >= 0 seconds")
 
 
 def prefix_hashes(token_ids: list[int], block: int = PREFIX_BLOCK) -> list[int]:
@@ -156,7 +168,7 @@ class EngineLoop:
     def health(self) -> dict[str, Any]:
         return {"steps": self.steps, "late_steps": self.late_steps,
                 "lag_max_s": self.lag_max_s, "keeping_real_time":
-                self.late_steps <= max(1, self.steps // 100)}
+                self.late_steps <= max(2, self.steps // 50)}
 
 
 class _Metrics:
@@ -324,12 +336,16 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
         stream = loop.submit(EngineRequest(
             request_id=rid, prompt_tokens=len(token_ids), max_output_tokens=max_tokens,
             arrival_s=loop.now(), prefix_blocks=prefix_hashes(token_ids)))
+        reason = loop.scheduler.reject_reasons.get(rid)
+        if reason is not None:  # can never fit this engine: say so, as vLLM does, with a 400
+            loop.abort(rid)
+            return _error(400, f"request rejected: {reason}")
         if faults.slow_first_byte_s:
             await asyncio.sleep(faults.slow_first_byte_s)
         opts = body.get("stream_options") or {}
         shape = _Shape(rid, model, chat, len(token_ids), max_tokens)
         if not body.get("stream"):
-            return await _whole(loop, stream, shape, metrics, arrival)
+            return await _whole(loop, stream, shape, metrics, arrival, request)
         return StreamingResponse(
             _sse(loop, stream, shape, metrics, arrival, include_usage=bool(
                 opts.get("include_usage")), continuous=bool(opts.get("continuous_usage_stats")),
@@ -419,16 +435,32 @@ async def _sse(loop: EngineLoop, stream: _Stream, shape: _Shape, metrics: _Metri
         loop.abort(shape.request_id)
 
 
+async def _until_disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+
+
 async def _whole(loop: EngineLoop, stream: _Stream, shape: _Shape, metrics: _Metrics,
-                 arrival: float) -> Response:
-    generated = 0
-    try:
+                 arrival: float, request: Request) -> Response:
+    async def collect() -> int:
+        generated = 0
         while (item := await stream.queue.get()) is not None:
             if generated == 0:
                 metrics.ttft.labels(shape.model).observe(item[1] - arrival)
             generated += item[0]
+        return generated
+
+    collector = asyncio.ensure_future(collect())
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:  # a client that hangs up must not keep the engine busy (vLLM aborts these too)
+        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watcher.cancel()
         loop.abort(shape.request_id)
+    if not collector.done():
+        collector.cancel()
+        return Response(status_code=499)  # nobody is listening any more
+    generated = collector.result()
     metrics.e2e.labels(shape.model).observe(loop.now() - arrival)
     metrics.success.labels(shape.model).inc()
     text = _words(0, generated)
@@ -512,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = EngineConfig.model_validate_json(args.engine)
         raw = orjson.loads(args.faults)
+        if not isinstance(raw, dict) or not isinstance(raw.get("error_rates", {}), dict):
+            raise ValueError("--faults must be a JSON object of Faults fields")
         raw["error_rates"] = {int(k): float(v) for k, v in raw.get("error_rates", {}).items()}
         faults = Faults(**raw)
         config.validate_all()

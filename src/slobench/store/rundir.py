@@ -30,7 +30,11 @@ RECORDS = "records.parquet"
 JOURNAL = "records.journal.jsonl"
 SUMMARY = "summary.json"
 
-_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password|passwd|cookie)", re.I)
+# Keys whose values are secrets. Only whole secret-like names: "kv_capacity_tokens" or
+# "max_num_batched_tokens" are data, "api_token" or "Authorization" are not.
+_SECRET_KEYS = re.compile(
+    r"(?:^|[_-])(?:api[_-]?key|authorization|password|passwd|secret|cookie|credentials?"
+    r"|(?:access|auth|bearer|refresh|hf|api|session|id)[_-]?token)$|^token$", re.I)
 
 
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
