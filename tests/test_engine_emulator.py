@@ -866,3 +866,20 @@ def test_slobench_run_without_target_records_the_emulator_health(tmp_path: Path)
         emulator["late_steps"] <= max(1, emulator["steps"] // 100)), emulator
     assert emulator["lag_max_s"] >= 0
     assert {"late_steps", "lag_max_s"} <= set(emulator)
+
+
+def test_injected_disconnects_do_not_flood_the_log():
+    import urllib.request
+
+    from slobench.engine.emulator import EmulatorProcess, Faults
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 8, "stream": True}).encode()
+    with EmulatorProcess(EngineConfig(), Faults(disconnect_rate=1.0)) as emu:
+        for _ in range(3):
+            req = urllib.request.Request(emu.base_url + "/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with contextlib.suppress(Exception), urllib.request.urlopen(req, timeout=10) as r:
+                r.read()
+        time.sleep(0.3)
+        assert "Traceback" not in emu.stderr_text()

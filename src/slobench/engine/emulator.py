@@ -38,6 +38,24 @@ DEFAULT_MAX_TOKENS = 256
 PREFIX_BLOCK = 16  # tokens per hashed prompt block (the scheduler's default block size)
 
 
+class InjectedDisconnect(ConnectionAbortedError):
+    """Raised inside a stream to drop its connection on purpose (fault injection)."""
+
+
+class _QuietInjectedFaults(logging.Filter):
+    """uvicorn logs every exception that ends a response with a traceback; an injected
+    disconnect is intended, so it must not flood the log at realistic fault rates."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, InjectedDisconnect):
+                return False
+            group = getattr(exc, "exceptions", None)  # an exception group (3.11+ or backport)
+            exc = exc.__cause__ or exc.__context__ or (group[0] if group else None)
+        return True
+
+
 @dataclass
 class Faults:
     """Injected failures, each decided per request by a seeded random draw."""
@@ -333,9 +351,11 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
         if admission_delay is not None:
             await loop.sleep_until(arrival + admission_delay(len(token_ids)))
         rid = f"cmpl-{next(ids)}"
+        priority = body.get("priority", 0)  # vLLM's field: lower runs first (--policy priority)
         stream = loop.submit(EngineRequest(
             request_id=rid, prompt_tokens=len(token_ids), max_output_tokens=max_tokens,
-            arrival_s=loop.now(), prefix_blocks=prefix_hashes(token_ids)))
+            arrival_s=loop.now(), prefix_blocks=prefix_hashes(token_ids),
+            priority=priority if isinstance(priority, int) else 0))
         reason = loop.scheduler.reject_reasons.get(rid)
         if reason is not None:  # can never fit this engine: say so, as vLLM does, with a 400
             loop.abort(rid)
@@ -419,7 +439,7 @@ async def _sse(loop: EngineLoop, stream: _Stream, shape: _Shape, metrics: _Metri
             yield shape.chunk(text, finish, shape.usage(generated) if continuous else None,
                               first=generated == n)
             if disconnect_at is not None and generated >= disconnect_at:
-                raise ConnectionAbortedError("injected fault: disconnect mid-stream")
+                raise InjectedDisconnect("injected fault: disconnect mid-stream")
             if stall_at is not None and generated >= stall_at:
                 stall_at = None
                 await asyncio.sleep(stall_s)
@@ -486,6 +506,7 @@ async def serve(app: FastAPI, host: str, port: int) -> tuple[str, Callable[[], A
     sock.bind((host, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=1)
+    logging.getLogger("uvicorn.error").addFilter(_QuietInjectedFaults())
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
