@@ -10,6 +10,7 @@ from slobench.cli.main import app, user_errors
 from slobench.cli.options import (
     chunked_prefill_option,
     dtype_option,
+    engine_config,
     engine_model_option,
     factors_option,
     gpu_option,
@@ -20,7 +21,6 @@ from slobench.cli.options import (
     prefix_caching_option,
     tp_option,
 )
-from slobench.engine.config import EngineConfig
 from slobench.engine.emulator import Faults, create_app, parse_error_rates, serve
 from slobench.engine.process import run_event_loop, serve_until_stopped
 from slobench.report.terminal import console, engine_text
@@ -61,13 +61,12 @@ def emulate(
 ) -> None:
     """Serve a GPU-free engine model over HTTP: tokens stream in real time as the scheduler and
     the step-time model decide."""
-    config = EngineConfig(model=model, gpu=gpu, tp=tp, weight_dtype=dtype, kv_dtype=kv_dtype,
-                          factors=str(factors) if factors else None, policy=policy,
-                          max_num_seqs=max_num_seqs,
-                          max_num_batched_tokens=max_num_batched_tokens,
-                          enable_chunked_prefill=chunked_prefill,
-                          enable_prefix_caching=prefix_caching,
-                          served_model_name=served_model_name).validate_all()
+    config = engine_config(
+        model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype, factors=factors,
+        policy=policy, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,
+        prefix_caching=prefix_caching,
+        served_model_name=served_model_name)
     faults = Faults(error_rates=parse_error_rates(error_rate), disconnect_rate=disconnect_rate,
                     stall_rate=stall_rate, stall_s=stall, slow_first_byte_s=slow_first_byte,
                     seed=seed)

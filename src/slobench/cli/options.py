@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 import typer
 
+from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
 from slobench.workload.profiles import profile_workload
 from slobench.workload.synthetic import synthetic_workload
@@ -108,3 +109,16 @@ def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None
                                    output_tokens=output_tokens, apps=apps,
                                    reasoning_fraction=reasoning_fraction, seed=seed)
     return table, "synthetic", options
+
+
+def engine_config(*, model: str, gpu: str, tp: int, dtype: str, kv_dtype: str,
+                  factors: Path | None, policy: str, max_num_seqs: int,
+                  max_num_batched_tokens: int, chunked_prefill: bool, prefix_caching: bool,
+                  served_model_name: str | None = None) -> EngineConfig:
+    """The EngineConfig the engine options describe, checked (a bad setup fails here)."""
+    return EngineConfig(model=model, gpu=gpu, tp=tp, weight_dtype=dtype, kv_dtype=kv_dtype,
+                        factors=str(factors) if factors else None, policy=policy,
+                        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                        enable_chunked_prefill=chunked_prefill,
+                        enable_prefix_caching=prefix_caching,
+                        served_model_name=served_model_name).validate_all()

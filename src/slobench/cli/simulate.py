@@ -13,6 +13,7 @@ from slobench.cli.options import (
     build_workload,
     chunked_prefill_option,
     dtype_option,
+    engine_config,
     engine_model_option,
     factors_option,
     gpu_option,
@@ -23,7 +24,6 @@ from slobench.cli.options import (
     prefix_caching_option,
     tp_option,
 )
-from slobench.engine.config import EngineConfig
 from slobench.report.terminal import console, engine_text, render
 from slobench.units import parse_duration
 
@@ -80,12 +80,11 @@ def simulate(
 ) -> None:
     """Run the engine model in virtual time over a workload (no GPU, no waiting) and report
     latency, SLO attainment and goodput exactly as for a live run."""
-    engine = EngineConfig(model=model, gpu=gpu, tp=tp, weight_dtype=dtype, kv_dtype=kv_dtype,
-                          factors=str(factors) if factors else None, policy=policy,
-                          max_num_seqs=max_num_seqs,
-                          max_num_batched_tokens=max_num_batched_tokens,
-                          enable_chunked_prefill=chunked_prefill,
-                          enable_prefix_caching=prefix_caching).validate_all()
+    engine = engine_config(
+        model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype, factors=factors,
+        policy=policy, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,
+        prefix_caching=prefix_caching)
     duration_s = None if requests else parse_duration(duration, "--duration", allow_zero=False)
     table, source, options = build_workload(
         workload, closed_loop=False, requests=requests, duration_s=duration_s, rate=rate,
