@@ -11,6 +11,7 @@ import pyarrow as pa
 from slobench.benchmark import Analysis, BenchmarkConfig, TargetConfig, run_benchmark
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Timeouts
+from slobench.engine.core import StepShape
 from slobench.schema import conform_workload
 
 
@@ -48,3 +49,19 @@ def records_of(analysis: Analysis) -> list[dict[str, Any]]:
 
     rows = pq.read_table(analysis.run.path / "records.parquet").to_pylist()
     return sorted(rows, key=lambda r: r["scheduled_s"])
+
+
+class LinearCost:
+    """A test cost model: step = a + b*prefill + c*decode + d*kv_read (seconds)."""
+
+    def __init__(self, kv_tokens: int = 1_000_000, a: float = 0.005, b: float = 2e-5,
+                 c: float = 1e-4, d: float = 1e-8) -> None:
+        self.kv_tokens = kv_tokens
+        self.a, self.b, self.c, self.d = a, b, c, d
+
+    def step_time(self, shape: StepShape) -> float:
+        return (self.a + self.b * shape.prefill_tokens + self.c * shape.decode_tokens
+                + self.d * shape.kv_read_tokens)
+
+    def kv_capacity_tokens(self) -> int:
+        return self.kv_tokens

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import LinearCost
 from slobench.engine.core import EngineRequest, StepShape
 from slobench.engine.kvcache import KVCache, SeqKV
 from slobench.engine.scheduler import REJECT_BUDGET, REJECT_KV, Scheduler, SchedulerConfig
 from slobench.errors import UserError
-
-
-class LinearCost:
-    """A test cost model: step = a + b*prefill + c*decode + d*kv_read (seconds)."""
-
-    def __init__(self, kv_tokens: int = 1_000_000, a: float = 0.005, b: float = 2e-5,
-                 c: float = 1e-4, d: float = 1e-8) -> None:
-        self.kv_tokens = kv_tokens
-        self.a, self.b, self.c, self.d = a, b, c, d
-
-    def step_time(self, shape: StepShape) -> float:
-        return (self.a + self.b * shape.prefill_tokens + self.c * shape.decode_tokens
-                + self.d * shape.kv_read_tokens)
-
-    def kv_capacity_tokens(self) -> int:
-        return self.kv_tokens
 
 
 def req(rid: str, prompt: int = 100, out: int = 10, at: float = 0.0, **kw) -> EngineRequest:

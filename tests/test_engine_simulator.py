@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from helpers import LinearCost
 from slobench.engine.core import StepShape
 from slobench.engine.router import make_router
 from slobench.engine.scheduler import REJECT_KV, Scheduler, SchedulerConfig
@@ -14,22 +15,6 @@ from slobench.engine.simulator import simulate
 from slobench.errors import UserError
 from slobench.schema import RECORDS_SCHEMA, conform_workload
 from slobench.workload.synthetic import synthetic_workload
-
-
-class LinearCost:
-    """A test cost model: step = a + b*prefill + c*decode + d*kv_read (seconds)."""
-
-    def __init__(self, kv_tokens: int = 1_000_000, a: float = 0.005, b: float = 2e-5,
-                 c: float = 1e-4, d: float = 1e-8) -> None:
-        self.kv_tokens = kv_tokens
-        self.a, self.b, self.c, self.d = a, b, c, d
-
-    def step_time(self, shape: StepShape) -> float:
-        return (self.a + self.b * shape.prefill_tokens + self.c * shape.decode_tokens
-                + self.d * shape.kv_read_tokens)
-
-    def kv_capacity_tokens(self) -> int:
-        return self.kv_tokens
 
 
 class DelayedCost(LinearCost):

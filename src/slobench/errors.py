@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
+
 
 class UserError(Exception):
     """Bad input from the user: the message says what is wrong, where, and how to fix it.
@@ -12,3 +15,13 @@ class UserError(Exception):
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def did_you_mean(word: str, choices: Iterable[str] | Mapping[str, str], *,
+                 cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'? "`` for the choice closest to ``word``, or ``""``: the hint of every
+    one-line error about an unknown name. A mapping compares its keys and shows their values
+    (normalized lookup keys -> canonical names)."""
+    shown = choices if isinstance(choices, Mapping) else {c: c for c in choices}
+    close = difflib.get_close_matches(word, list(shown), n=1, cutoff=cutoff)
+    return f"did you mean '{shown[close[0]]}'? " if close else ""

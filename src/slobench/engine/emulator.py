@@ -154,7 +154,8 @@ class EngineLoop:
                     self.scheduler.abort(request_id)
                     stream.queue.put_nowait(None)
                 continue
-            if result is None:
+            if result is None:  # nothing to schedule after all: yield, never spin
+                await asyncio.sleep(0.001)
                 continue
             end = start + result.duration_s
             await self.sleep_until(end)

@@ -14,7 +14,6 @@ See docs/engine-model.md.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from slobench.errors import UserError
+from slobench.errors import UserError, did_you_mean
 
 try:  # Python 3.11+
     import tomllib as _tomllib
@@ -260,10 +259,9 @@ def get_gpu(name: str) -> GpuSpec:
     key = _norm(name)
     canonical = _INDEX.get(key)
     if canonical is None:
-        close = difflib.get_close_matches(key, list(_INDEX), n=1, cutoff=0.6)
-        hint = f" (did you mean '{_INDEX[close[0]]}'?)" if close else ""
+        hint = did_you_mean(key, _INDEX, cutoff=0.6)
         raise UserError(
-            f"unknown GPU '{name}'{hint}; known GPUs: {', '.join(gpu_names())}; "
+            f"unknown GPU '{name}'; {hint}known GPUs: {', '.join(gpu_names())}; "
             "or give a .json/.toml file describing yours (see docs/engine-model.md)"
         )
     return GPUS[canonical]

@@ -11,7 +11,6 @@ nothing in it is executed). Look models up with :func:`get_model` (forgiving nam
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from slobench.errors import UserError
+from slobench.errors import UserError, did_you_mean
 
 __all__ = [
     "DTYPE_BYTES",
@@ -338,10 +337,9 @@ def get_model(name: str) -> ModelSpec:
     key = _norm(name)
     canonical = _INDEX.get(key)
     if canonical is None:
-        close = difflib.get_close_matches(key, list(_INDEX), n=1, cutoff=0.7)
-        hint = f" (did you mean '{_INDEX[close[0]]}'?)" if close else ""
+        hint = did_you_mean(key, _INDEX, cutoff=0.7)
         raise UserError(
-            f"unknown model '{name}'{hint}; known models: {', '.join(model_names())}; "
+            f"unknown model '{name}'; {hint}known models: {', '.join(model_names())}; "
             "or give the path of a Hugging Face config.json (or its folder)"
         )
     return MODELS[canonical]

@@ -15,14 +15,13 @@ entry of its own. See docs/slo.md for the meaning of each metric and where the d
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from slobench.errors import UserError
+from slobench.errors import UserError, did_you_mean
 
 # Per-request latency metrics a constraint can bound (see metrics.derive for their definitions).
 METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2e", "ttfa", "think_tpot", "answer_tpot")
@@ -180,8 +179,7 @@ class SLOSet:
             if name in builtin or name in apps:
                 continue
             known = sorted(set(apps) | (builtin - {WILDCARD}))
-            hint = difflib.get_close_matches(name, known, n=1)
-            did = f"did you mean '{hint[0]}'? " if hint else ""
+            did = did_you_mean(name, known)
             raise UserError(
                 f"{self.source}: class '{name}' is not built in and no request of the workload has "
                 f"app '{name}'; {did}the workload's classes are: {', '.join(apps) or '(none)'}"
@@ -311,8 +309,7 @@ class _Parser:
             )
         key, op, value = m.group(1).lower(), m.group(2), m.group(3).strip()
         if key not in KEYWORDS:
-            hint = difflib.get_close_matches(key, KEYWORDS, n=1)
-            did = f"did you mean '{hint[0]}'? " if hint else ""
+            did = did_you_mean(key, KEYWORDS)
             raise self.fail(
                 f"unknown metric '{m.group(1)}'", frag, pos,
                 f"{did}known: {', '.join(KEYWORDS)}",
