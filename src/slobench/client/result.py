@@ -7,7 +7,6 @@ from typing import Any
 
 class RequestResult:
     __slots__ = (
-        "answer_text",
         "app",
         "client_id",
         "done_s",
@@ -46,7 +45,6 @@ class RequestResult:
         self.error: str | None = None
         self.queue_s = 0.0
         self.token_count_source = "none"
-        self.answer_text: str | None = None  # kept in memory only (multi-turn history later)
 
     def fail(self, status: str, error: str, done_s: float, http_status: int | None = None) -> None:
         self.status = status

@@ -52,7 +52,6 @@ class Progress:
     done: int = 0
     in_flight: int = 0
     errors: int = 0
-    last_error: str | None = None
     finished: list[dict[str, Any]] = field(default_factory=list)  # rows not yet seen by display
 
     def take_finished(self) -> list[dict[str, Any]]:
@@ -202,7 +201,6 @@ class Runner:
             progress.done += 1
             if res.status != "ok":
                 progress.errors += 1
-                progress.last_error = f"{res.status}: {res.error}"
             row = res.to_row()
             self.journal.append(row)
             if self.on_progress is not None:  # only a live display consumes them

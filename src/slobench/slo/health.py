@@ -13,18 +13,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from slobench.slo.metrics import send_lags
 from slobench.slo.stats import percentiles
 
 DEFAULT_LAG_THRESHOLD_S = 0.005
 DEFAULT_CPU_THRESHOLD = 0.90
 SATURATED_SAMPLE = 0.98
-
-
-def send_lags(records: pa.Table) -> np.ndarray:
-    sent = records["sent_s"].to_numpy(zero_copy_only=False).astype(np.float64)
-    scheduled = records["scheduled_s"].to_numpy().astype(np.float64)
-    queue = records["queue_s"].to_numpy().astype(np.float64)
-    return sent - scheduled - queue  # NaN where never sent
 
 
 def assess(records: pa.Table, cpu_samples: list[float] | None, *,

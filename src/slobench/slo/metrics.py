@@ -66,13 +66,18 @@ def _eq(table: pa.Table, name: str, value: str) -> np.ndarray:
     return np.asarray(col.to_numpy(), dtype=bool)
 
 
+def send_lags(records: pa.Table) -> np.ndarray:
+    """The client's own delay per request: sent − scheduled − deliberate queueing (NaN where the
+    request was never sent). A health figure of the load generator, not of the server."""
+    return _f64(records, "sent_s") - _f64(records, "scheduled_s") - _f64(records, "queue_s")
+
+
 def derive(records: pa.Table) -> Derived:
     """Per-request metrics of a (conformed) Records table. See the module docstring and docs."""
     n = records.num_rows
     ok = _eq(records, "status", "ok")
     non_streaming = _eq(records, "token_count_source", "non_streaming")
     sched = _f64(records, "scheduled_s")
-    sent = _f64(records, "sent_s")
     first = _f64(records, "first_token_s")
     answer = _f64(records, "first_answer_s")
     done = _f64(records, "done_s")
@@ -106,7 +111,6 @@ def derive(records: pa.Table) -> Derived:
                               (answer - first) / np.maximum(n_reason, 1), nan)
         answer_tpot = np.where(ok & streamed & (n_answer > 1),
                                (done - answer) / np.maximum(n_answer - 1, 1), nan)
-        send_lag = sent - sched - queue
 
     if times.size >= 2:
         gaps = np.diff(times)
@@ -126,7 +130,7 @@ def derive(records: pa.Table) -> Derived:
         n=n, ok=ok, non_streaming=non_streaming, scheduled=sched, input_tokens=n_in,
         output_tokens=n_out, reasoning_tokens=n_reason, n_token_times=lengths, ttft=ttft,
         tpot=tpot, e2e=e2e, ttfa=ttfa, think_tpot=think_tpot, answer_tpot=answer_tpot,
-        itl_max=itl_max, send_lag=send_lag, queue=queue, itl_values=itl_values,
+        itl_max=itl_max, send_lag=send_lags(records), queue=queue, itl_values=itl_values,
         itl_index=itl_index, token_times=times, token_index=token_index, token_pos=token_pos,
     )
 

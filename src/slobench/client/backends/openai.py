@@ -188,7 +188,6 @@ class OpenAIBackend:
         result.done_s = now
         result.first_token_s = now  # TTFT equals E2E without streaming (an upper bound)
         result.first_answer_s = now if text else None
-        result.answer_text = text
         usage = obj.get("usage") or {}
         if isinstance(usage.get("completion_tokens"), int):
             result.output_tokens = usage["completion_tokens"]
@@ -208,7 +207,6 @@ class OpenAIBackend:
         reasoning_chars: list[int] = []
         cumulative: list[int | None] = []
         final_usage: dict[str, Any] | None = None
-        answer_parts: list[str] = []
         saw_done = saw_finish = False
         failure: tuple[str, str] | None = None
 
@@ -245,7 +243,6 @@ class OpenAIBackend:
                         text = ch.get("text")
                     if text:
                         a_len += len(text)
-                        answer_parts.append(text)
                     if ch.get("finish_reason"):
                         saw_finish = True
                 cum = usage.get("completion_tokens") if isinstance(usage, dict) else None
@@ -270,7 +267,6 @@ class OpenAIBackend:
                 over = handle(parser.feed(chunk), now)
         finally:  # tokens that arrived before a failure are measured too
             result.done_s = clock.now()
-            result.answer_text = "".join(answer_parts)
             self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative,
                                final_usage)
         if failure:
