@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -148,6 +149,40 @@ def conform_workload(table: pa.Table, source: str = "workload") -> pa.Table:
     ).as_py():
         raise UserError(f"{source}: input_tokens and output_tokens must be >= 0")
     return table
+
+
+def session_links(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The turn order of sessions: ``(prev, next)``, for each row the row index of the turn
+    before and after it in its session, or -1.
+
+    A session is the rows sharing a non-empty ``session_id``, ordered by ``turn`` (ties by
+    ``arrival_s``, then row order). A follow-up turn is sent ``think_s`` after the turn before it
+    finished, and never before its own ``arrival_s``; a row with an empty ``session_id`` stands
+    alone.
+    """
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    prev = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return prev, nxt
+    sid = table["session_id"]
+    if isinstance(sid, pa.ChunkedArray):
+        sid = sid.combine_chunks()
+    encoded = pc.dictionary_encode(sid)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    empty = pc.equal(sid, "").to_numpy(zero_copy_only=False)
+    if empty.all():
+        return prev, nxt
+    turn = table["turn"].to_numpy()
+    arrival = table["arrival_s"].to_numpy()
+    order = np.lexsort((np.arange(n), arrival, turn, codes))
+    same = (codes[order[1:]] == codes[order[:-1]]) & ~empty[order[1:]]
+    a, b = order[:-1][same], order[1:][same]
+    nxt[a] = b
+    prev[b] = a
+    return prev, nxt
 
 
 def conform_records(table: pa.Table, source: str = "records") -> pa.Table:
