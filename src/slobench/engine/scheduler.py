@@ -206,6 +206,9 @@ class Scheduler:
         # the state repeats step after step until something finishes/arrives (fast-forward)
         self._stable = False
         self._pending_rejects: list[str] = []
+        # The simulator clears this when a finish can release new work (a session's next turn):
+        # fast-forward must then stop at every finish, as it does when requests wait.
+        self.fast_forward_past_finishes = True
 
         self.rejected: list[str] = []
         self.reject_reasons: dict[str, str] = {}
@@ -696,7 +699,7 @@ class Scheduler:
         bs = self._bs
         step_time = self.cost.step_time
         trace = self.trace
-        through = self._n_waiting == 0  # go on past finishes
+        through = self._n_waiting == 0 and self.fast_forward_past_finishes
         finished: list[_Req] = []
         self._finished = finished
         ends: list[float] = []

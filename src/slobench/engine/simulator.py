@@ -3,8 +3,10 @@
 Every replica runs the same :class:`~slobench.engine.scheduler.Scheduler` the HTTP emulator runs;
 here the clock is virtual: a step that starts at ``t`` ends at ``t + duration_s``, its tokens are
 stamped with that end time, and the next step starts then. Requests reach a replica (through a
-router, :mod:`slobench.engine.router`) at their ``arrival_s``, plus the cost model's frontend
-delay (``admission_delay_s(prompt_tokens)``) when it has one, as the emulator's engine sees them.
+router, :mod:`slobench.engine.router`) at their ``arrival_s`` (a session's follow-up turn: when
+the turn before it finished plus ``think_s``, and not before its ``arrival_s``), plus the cost
+model's frontend delay (``admission_delay_s(prompt_tokens)``) when it has one, as the emulator's
+engine sees them.
 The result is a Records table exactly like a live run's (``slobench.schema.RECORDS_SCHEMA``), so
 summaries, SLO checks and reports work on it unchanged.
 
@@ -32,7 +34,7 @@ import pyarrow as pa
 from slobench.engine.core import EngineRequest
 from slobench.engine.router import make_router
 from slobench.engine.scheduler import Scheduler
-from slobench.schema import RECORDS_SCHEMA, conform_workload
+from slobench.schema import RECORDS_SCHEMA, conform_workload, session_links
 
 __all__ = ["SimulationResult", "simulate"]
 
@@ -122,15 +124,36 @@ def _simulate(
     if delay_fn is not None and n:
         uniq, inverse = np.unique(p_tok, return_inverse=True)
         delays = np.array([float(delay_fn(int(p))) for p in uniq])[inverse]
-        engine_arrival = arrival + delays
     else:
-        engine_arrival = arrival.astype(np.float64, copy=True)
-    order = np.argsort(engine_arrival, kind="stable")
-    eng_sorted = engine_arrival[order].tolist()
+        delays = np.zeros(n)
+    # Sessions: a follow-up turn is released when the turn before it finishes (plus think_s),
+    # never before its own arrival_s; only session starts are known up front.
+    prev, nxt = session_links(wl)
+    starts = np.flatnonzero(prev < 0)
+    has_followups = len(starts) < n
+    scheduled = arrival.astype(np.float64, copy=True)
+    engine_arrival = arrival[starts] + delays[starts]
+    order = starts[np.argsort(engine_arrival, kind="stable")]
+    n_static = len(order)
+    eng_sorted = (arrival[order] + delays[order]).tolist()
     order_l = order.tolist()
     p_l = p_tok.tolist()
     o_l = o_tok.tolist()
     r_l = r_tok.tolist()
+    think_l = wl["think_s"].to_numpy().tolist() if has_followups else []
+    delay_l = delays.tolist() if has_followups else []
+    arrival_l = arrival.tolist() if has_followups else []
+    nxt_l = nxt.tolist() if has_followups else []
+    row_of = ({ids[r]: r for r in np.flatnonzero(nxt >= 0).tolist()} if has_followups else {})
+    released: list[tuple[float, int]] = []  # (engine arrival, row) of released follow-ups
+    for s in scheds:
+        s.fast_forward_past_finishes = not has_followups
+
+    def release_after(row: int, done_s: float) -> None:
+        nx = nxt_l[row]
+        t_send = max(arrival_l[nx], done_s + think_l[nx])
+        scheduled[nx] = t_send
+        heapq.heappush(released, (t_send + delay_l[nx], nx))
 
     reqs: list[Any] = [None] * n
     rep_of = np.zeros(n, dtype=np.int64)
@@ -140,15 +163,21 @@ def _simulate(
     idle = [True] * replicas
     timelines = [array("d") for _ in range(replicas)]  # end time of every step, per replica
     events: list[tuple[float, int]] = []
-    horizon = float(engine_arrival.max()) if n else 0.0
+    horizon = float((arrival + delays).max()) if n else 0.0
     mark_every = max(horizon / 200.0, 1e-9)
     next_mark = 0.0
     steps_cap = max_steps if max_steps is not None else -1
     steps_done = 0
+    # With follow-ups on several replicas, a finish on one replica can release a request at
+    # any time, so a fast-forward must not run past another replica's next event.
+    bound_by_others = has_followups and replicas > 1
 
     i = 0
-    while i < n or events:
-        ta = eng_sorted[i] if i < n else _INF
+    while i < n_static or events or released:
+        ta = eng_sorted[i] if i < n_static else _INF
+        from_release = bool(released) and released[0][0] < ta
+        if from_release:
+            ta = released[0][0]
         if events and events[0][0] < ta:
             t, ri = heapq.heappop(events)
             sched = scheds[ri]
@@ -161,7 +190,8 @@ def _simulate(
             tl = timelines[ri]
             ends = None
             if fast_forward and sched._can_fast_forward():
-                ends = sched._fast_forward(t, ta)
+                limit = min(ta, events[0][0]) if bound_by_others and events else ta
+                ends = sched._fast_forward(t, limit)
             if ends:
                 tl.extend(ends)
                 end = ends[-1]
@@ -170,6 +200,8 @@ def _simulate(
                     fq = fin_times[ri]
                     for r in sched._finished:
                         fq.append(tl[r.done_step])
+                        if row_of and (row := row_of.get(r.rid)) is not None:
+                            release_after(row, tl[r.done_step])
             else:
                 d = sched._sim_step(t)
                 if d is None:
@@ -180,6 +212,10 @@ def _simulate(
                 steps_done += 1
                 if sched._finished:
                     fin_times[ri].extend([end] * len(sched._finished))
+                    if row_of:
+                        for r in sched._finished:
+                            if (row := row_of.get(r.rid)) is not None:
+                                release_after(row, end)
             busy[ri] += end - t
             heapq.heappush(events, (end, ri))
             if steps_done > steps_cap >= 0:
@@ -188,8 +224,11 @@ def _simulate(
                 )
             continue
 
-        row = order_l[i]
-        i += 1
+        if from_release:
+            row = heapq.heappop(released)[1]
+        else:
+            row = order_l[i]
+            i += 1
         app = apps[row]
         pfx: list[int] = []
         if has_pb:
@@ -219,7 +258,9 @@ def _simulate(
         ri = rt.choose(req, outstanding)
         rep_of[row] = ri
         r = scheds[ri]._add(req)
-        if r is None:
+        if r is None:  # rejected: answered at once, so the session goes on from here
+            if has_followups and nxt_l[row] >= 0:
+                release_after(row, float(scheduled[row]))
             continue
         reqs[row] = r
         outstanding[ri] += 1
@@ -231,7 +272,7 @@ def _simulate(
                  for tl in timelines]
     sim_end = max((float(a[-1]) for a in tl_arrays if len(a)), default=0.0)
     sim_end = max(sim_end, horizon)
-    records = _records(wl, reqs, rep_of, tl_arrays, scheds, arrival, o_tok, r_tok)
+    records = _records(wl, reqs, rep_of, tl_arrays, scheds, scheduled, o_tok, r_tok)
     stats = _stats(scheds, busy, router)
     stats["requests"] = n
     stats["sim_end_s"] = sim_end
@@ -249,7 +290,7 @@ def _records(
     rep_of: np.ndarray,
     timelines: list[np.ndarray],
     scheds: list[Scheduler],
-    arrival: np.ndarray,
+    scheduled: np.ndarray,
     o_tok: np.ndarray,
     r_tok: np.ndarray,
 ) -> pa.Table:
@@ -306,7 +347,7 @@ def _records(
     zero_out = ok & ~has  # max_output_tokens == 0: done when its prompt was in
     if zero_out.any():
         done[zero_out] = all_tl[done_idx[zero_out]]
-    done = np.where(ok, done, arrival)  # rejected: answered at once
+    done = np.where(ok, done, scheduled)  # rejected: answered at once
 
     reasons: dict[str, str] = {}
     for s in scheds:
@@ -321,8 +362,8 @@ def _records(
         "request_id": rid,
         "client_id": wl["client_id"],
         "app": wl["app"],
-        "scheduled_s": pa.array(arrival, pa.float64()),
-        "sent_s": pa.array(arrival, pa.float64()),
+        "scheduled_s": pa.array(scheduled, pa.float64()),
+        "sent_s": pa.array(scheduled, pa.float64()),
         "first_token_s": pa.array(first, pa.float64(), mask=~has),
         "first_answer_s": pa.array(ans, pa.float64(), mask=~has_ans),
         "done_s": pa.array(done, pa.float64()),
