@@ -308,8 +308,8 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
     wall = time.perf_counter() - wall
     records = result.records
     write_table(records, run.path / RECORDS)
-    arrivals = workload["arrival_s"].to_numpy()
-    end = float(arrivals.max()) + 1e-9 if len(arrivals) else 1e-9
+    sent = records["scheduled_s"].to_numpy()  # follow-up turns: when they were released
+    end = float(sent.max()) + 1e-9 if len(sent) else 1e-9
     start = min(warmup_s, end)
     window = [start, max(start, end - cooldown_s)]
     if window[1] <= window[0]:

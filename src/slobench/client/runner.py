@@ -26,6 +26,7 @@ from slobench.client.pacing import LoadPlan
 from slobench.client.result import RequestResult
 from slobench.clock import RunClock
 from slobench.prompts.simple import simple_prompt
+from slobench.schema import session_links
 
 SPIN_S = 0.0015  # uvloop timers have millisecond resolution: sleep to within this, then poll
 PREPARE_AHEAD = 256  # payloads built ahead of the schedule, in slack time
@@ -62,7 +63,7 @@ class Progress:
 @dataclass
 class RunOutcome:
     interrupted: bool
-    schedule_end_s: float  # when dispatch of new requests ended
+    schedule_end_s: float  # when dispatch of new requests (session follow-ups included) ended
     end_s: float  # when the last request finished or was cancelled
     sent: int
     cpu_samples: list[float]  # client CPU utilisation (fraction of one core) per interval
@@ -94,6 +95,12 @@ class Runner:
         self._outputs: list[int] = wl["output_tokens"].to_pylist()
         self._prompts: list[str | None] = wl["prompt"].to_pylist()
         self._n = len(self._ids)
+        # Sessions: a follow-up turn is sent think_s after the turn before it finished (and not
+        # before its arrival_s); only session starts follow the open-loop schedule.
+        prev, nxt = session_links(wl)
+        self._next_turn: list[int] = nxt.tolist()
+        self._starts: list[int] = np.flatnonzero(prev < 0).tolist()
+        self._last_followup_s = 0.0  # follow-ups are sent after the dispatcher has ended
         self._payloads: dict[int, bytes] = {}
         self._prepared_upto = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,7 +175,8 @@ class Runner:
         return RequestResult(self._ids[i] + suffix, self._clients[i], self._apps[i], scheduled,
                              int(self._inputs[i]))
 
-    async def _execute(self, i: int, scheduled: float, suffix: str = "") -> None:
+    async def _execute(self, i: int, scheduled: float, suffix: str = "") -> float:
+        """Send row ``i``; returns when it finished (or failed), on the run clock."""
         res = self._result_for(i, scheduled, suffix)
         progress = self.progress
         progress.in_flight += 1
@@ -205,12 +213,38 @@ class Runner:
             self.journal.append(row)
             if self.on_progress is not None:  # only a live display consumes them
                 progress.finished.append(row)
+        return res.done_s if res.done_s is not None else self.clock.now()
 
-    def _spawn(self, i: int, scheduled: float, suffix: str = "") -> None:
-        task = asyncio.get_running_loop().create_task(self._execute(i, scheduled, suffix))
+    def _spawn(self, i: int, scheduled: float) -> None:
+        coro = (self._run_session(i, scheduled) if self._next_turn[i] >= 0
+                else self._execute(i, scheduled))
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self.progress.scheduled += 1
+
+    def _may_send(self, t: float) -> bool:
+        limit = self.plan.max_requests
+        return not (self._stop.is_set() or self._past_end(t)
+                    or (limit is not None and self.progress.scheduled >= limit))
+
+    async def _run_session(self, i: int, scheduled: float) -> None:
+        """Open loop: a session's turns, each sent when the one before it is done plus think_s
+        (never before its own arrival_s). Turns due after the end of the run are not sent."""
+        while True:
+            done = await self._execute(i, scheduled)
+            j = self._next_turn[i]
+            if j < 0:
+                return
+            t = max(self._arrivals[j], done + self._think[j])
+            if not self._may_send(t):
+                return
+            await self._sleep_until(t)
+            if not self._may_send(t):
+                return
+            self.progress.scheduled += 1
+            self._last_followup_s = max(self._last_followup_s, t)
+            i, scheduled = j, t
 
     # -- load modes --------------------------------------------------------------------------
 
@@ -219,27 +253,27 @@ class Runner:
         return d is not None and t >= d
 
     async def _open_loop(self) -> None:
-        limit = self.plan.max_requests or self._n
-        for i in range(min(self._n, limit)):
+        for i in self._starts:
             t = self._arrivals[i]
-            if self._stop.is_set() or self._past_end(t):
+            if not self._may_send(t):
                 return
             await self._sleep_until(t, i)
-            if self._stop.is_set():
+            if not self._may_send(t):
                 return
             self._spawn(i, t)
 
     def _take(self) -> tuple[int, str] | None:
-        """Closed loop: the next Workload row; the Workload is cycled when a duration asks for
-        more requests than it holds (ids of later cycles get a ~k suffix)."""
+        """Closed loop: the first row of the next session (a lone request is a session of one);
+        the Workload is cycled when a duration asks for more requests than it holds (ids of
+        later cycles get a ~k suffix)."""
         limit = self.plan.max_requests
         if limit is not None and self.progress.scheduled >= limit:
             return None
-        if self._next >= self._n:
+        if self._next >= len(self._starts):
             if self.plan.duration_s is None or self._n == 0:
                 return None
             self._next, self._cycle = 0, self._cycle + 1
-        i = self._next
+        i = self._starts[self._next]
         self._next += 1
         self.progress.scheduled += 1
         return i, (f"~{self._cycle}" if self._cycle else "")
@@ -254,11 +288,25 @@ class Runner:
             if taken is None:
                 return
             i, suffix = taken
-            task = asyncio.get_running_loop().create_task(self._execute(i, scheduled, suffix))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            while True:  # the session's turns, one after another
+                task = asyncio.get_running_loop().create_task(
+                    self._execute(i, scheduled, suffix))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                j = self._next_turn[i]
+                if j < 0:
+                    break
+                think = self.plan.think_s if self.plan.think_s is not None else self._think[j]
+                if think > 0:
+                    await self._sleep_until(self.clock.now() + think)
+                scheduled = self.clock.now()
+                if not self._may_send(scheduled):
+                    return
+                self.progress.scheduled += 1
+                self._last_followup_s = max(self._last_followup_s, scheduled)
+                i = j
             think = self.plan.think_s if self.plan.think_s is not None else self._think[i]
             if think > 0:
                 await self._sleep_until(self.clock.now() + think)
@@ -348,6 +396,7 @@ class Runner:
                                        return_when=asyncio.FIRST_COMPLETED)
                     stop_wait.cancel()
                     done_wait.cancel()
+                self._stop.set()  # a cancelled turn must not let its session send the next one
                 for t in list(self._tasks):
                     t.cancel()
                 if self._tasks:
@@ -361,6 +410,8 @@ class Runner:
                 loop.remove_signal_handler(sig)
         if self.on_progress:
             self.on_progress(self.progress)
+        if self._last_followup_s >= schedule_end:
+            schedule_end = self._last_followup_s + 1e-9
         return RunOutcome(interrupted=self._interrupted, schedule_end_s=schedule_end,
                           end_s=self.clock.now(), sent=self._sent, cpu_samples=samples,
                           spin_s=self._spin_s, polls=self._polls,
