@@ -72,6 +72,7 @@ from slobench.client.result import RequestResult
 from slobench.client.runner import Progress, Runner, Timeouts, new_event_loop
 from slobench.clock import RunClock
 from slobench.engine.scripted import ScriptedServerProcess
+from slobench.prompts.synth import make_synthesizer
 from slobench.report.live import LiveDisplay
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess, send_lags
 from slobench.slo.spec import parse_slo
@@ -177,7 +178,7 @@ def _drive(backend: Backend, workload: pa.Table, plan: LoadPlan, journal_path: P
     loop = new_event_loop()
     try:
         runner = Runner(workload, backend, plan, journal=journal, timeouts=TIMEOUTS,
-                        on_progress=on_progress)
+                        synthesizer=make_synthesizer(), on_progress=on_progress)
         gc.collect()
         r0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         outcome = loop.run_until_complete(runner.run(drain_timeout_s=60.0))

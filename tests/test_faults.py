@@ -11,6 +11,7 @@ from slobench.client.journal import Journal, read_journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Runner, Timeouts, new_event_loop
 from slobench.clock import RunClock
+from slobench.prompts.synth import make_synthesizer
 
 FAST = Timeouts(request_s=5, connect_s=2, stall_s=0.5)
 
@@ -98,7 +99,7 @@ def test_connection_refused_is_classified(free_port_refused, tmp_path):
     backend = OpenAIBackend(free_port_refused, model="m", preset=get_preset("generic"))
     journal = Journal(tmp_path / "j.jsonl")
     runner = Runner(fixed_workload(4, gap_s=0.02), backend, LoadPlan(), journal=journal,
-                    clock=RunClock(), timeouts=FAST)
+                    clock=RunClock(), timeouts=FAST, synthesizer=make_synthesizer())
     loop = new_event_loop()
     try:
         outcome = loop.run_until_complete(runner.run())

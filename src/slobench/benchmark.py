@@ -27,6 +27,7 @@ from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_e
 from slobench.clock import RunClock
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
+from slobench.prompts.synth import make_synthesizer
 from slobench.schema import write_table
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
 from slobench.slo.spec import SLOSet, parse_slo
@@ -67,6 +68,9 @@ class BenchmarkConfig:
     workload_source: str = "synthetic"
     workload_options: dict[str, Any] = field(default_factory=dict)
     builtin_engine: EngineConfig | None = None  # set when the target is the built-in emulator
+    tokenizer: str | None = None  # prompt token counting: builtin, a tokenizer.json, a model id
+    prompt_corpus: Path | None = None  # text to cut prompts from (default: the shipped corpus)
+    prefix_block_tokens: int = 512  # tokens per Workload prefix_blocks hash
 
     def public(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,9 @@ class BenchmarkConfig:
             "seed": self.seed,
             "workload_source": self.workload_source,
             "workload_options": self.workload_options,
+            "prompts": {"tokenizer": self.tokenizer or "builtin",
+                        "corpus": str(self.prompt_corpus) if self.prompt_corpus else "built-in",
+                        "prefix_block_tokens": self.prefix_block_tokens},
         }
 
 
@@ -177,6 +184,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     slos = parse_slo(cfg.slo)
     slos.check_classes(set(workload["app"].to_pylist()))
     target = cfg.target
+    synth = make_synthesizer(cfg.tokenizer, cfg.prompt_corpus,
+                             block_tokens=cfg.prefix_block_tokens, chat=target.endpoint == "chat")
     loop = new_event_loop()
     try:
         model = loop.run_until_complete(probe_target(target))
@@ -185,6 +194,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                                 api_key=target.api_key, extra_body=target.extra_body,
                                 headers=target.headers)
         run = RunDir.create(cfg.out, cfg.run_id)
+        # the run id salts every prompt: no prefix-cache hits carried over from earlier runs
+        synth.nonce = run.run_id
         secrets = (target.api_key,) if target.api_key else ()
         run.write_workload(workload)
         config = cfg.public()
@@ -197,7 +208,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         journal = Journal(run.journal_path)
         clock = RunClock()
         runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
-                        timeouts=cfg.timeouts, seed=cfg.seed, on_progress=on_progress)
+                        timeouts=cfg.timeouts, seed=cfg.seed, synthesizer=synth,
+                        on_progress=on_progress)
         if on_start:
             on_start(run, runner)
         outcome = loop.run_until_complete(runner.run())
@@ -220,6 +232,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         dispatch_poll={"wall_s": outcome.spin_s, "iterations": outcome.polls,
                        "cpu_per_iteration_s": outcome.poll_cost_s},
         journal={"torn_lines": torn},
+        prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
+                 **synth.stats.as_dict()},
     )
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)
 
@@ -280,7 +294,8 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
                    warmup_s: float = 0.0, cooldown_s: float = 0.0, out: Path = Path("runs"),
                    run_id: str | None = None, workload_source: str = "synthetic",
                    workload_options: dict[str, Any] | None = None,
-                   progress: Callable[[float], None] | None = None) -> Analysis:
+                   progress: Callable[[float], None] | None = None,
+                   prefix_block_tokens: int | None = 512) -> Analysis:
     """The engine model in virtual time over a Workload; writes a run directory like a live run
     (records, summary, manifest), so every summary, SLO and report works on it unchanged."""
     import time
@@ -301,10 +316,10 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
     run.start_manifest(config=config, workload=workload, workload_source=workload_source,
                        target={"kind": "simulation", "model": engine.served_name,
                                "engine": engine.model_dump(), "replicas": replicas,
-                               "router": router})
+                               "router": router, "prefix_block_tokens": prefix_block_tokens})
     wall = time.perf_counter()
-    result = simulate(workload, engine.make_scheduler, replicas=replicas, router=router,
-                      progress=progress, deadlines=slo_deadlines(slos, apps))
+    result = simulate(workload, engine.scheduler_maker(prefix_block_tokens), replicas=replicas,
+                      router=router, progress=progress, deadlines=slo_deadlines(slos, apps))
     wall = time.perf_counter() - wall
     records = result.records
     write_table(records, run.path / RECORDS)

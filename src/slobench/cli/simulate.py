@@ -76,6 +76,9 @@ def simulate(
     cooldown: str = typer.Option("0s", "--cooldown", help="Excluded from the summary."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where run directories go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run directory."),
+    prefix_block_tokens: int = typer.Option(512, "--prefix-block-tokens", help="Tokens per "
+                                            "Workload prefix_blocks hash (Mooncake: 512); a "
+                                            "multiple of the KV block size.", min=1),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run the engine model in virtual time over a workload (no GPU, no waiting) and report
@@ -107,6 +110,7 @@ def simulate(
             warmup_s=parse_duration(warmup, "--warmup") or 0.0,
             cooldown_s=parse_duration(cooldown, "--cooldown") or 0.0, out=out, run_id=run_id,
             workload_source=source, workload_options=options,
+            prefix_block_tokens=prefix_block_tokens,
             progress=(lambda t: bar.update(task, completed=min(t, span))) if show else None)
     finally:
         if show:

@@ -25,7 +25,7 @@ from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.result import RequestResult
 from slobench.clock import RunClock
-from slobench.prompts.simple import simple_prompt
+from slobench.prompts.synth import PromptSynthesizer
 from slobench.schema import session_links
 
 SPIN_S = 0.0015  # uvloop timers have millisecond resolution: sleep to within this, then poll
@@ -76,6 +76,7 @@ class Runner:
     def __init__(self, workload: pa.Table, backend: Backend, plan: LoadPlan, *,
                  journal: Journal, clock: RunClock | None = None,
                  timeouts: Timeouts = Timeouts(), seed: int = 0,
+                 synthesizer: PromptSynthesizer,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.backend = backend
         self.plan = plan.validate()
@@ -84,6 +85,7 @@ class Runner:
         self.timeouts = timeouts
         self.seed = seed
         self.on_progress = on_progress
+        self.synthesizer = synthesizer
         order = np.argsort(workload["arrival_s"].to_numpy(), kind="stable")
         wl = workload.take(pa.array(order))
         self._ids: list[str] = wl["request_id"].to_pylist()
@@ -94,6 +96,12 @@ class Runner:
         self._inputs: list[int] = wl["input_tokens"].to_pylist()
         self._outputs: list[int] = wl["output_tokens"].to_pylist()
         self._prompts: list[str | None] = wl["prompt"].to_pylist()
+        blocks = wl["prefix_blocks"].combine_chunks()
+        if isinstance(blocks, pa.ChunkedArray):  # pyarrow < 16
+            blocks = (blocks.chunk(0) if blocks.num_chunks
+                      else pa.array([], pa.list_(pa.int64())))
+        self._block_offsets = blocks.offsets.to_numpy()
+        self._block_values = blocks.values.to_numpy()
         self._n = len(self._ids)
         # Sessions: a follow-up turn is sent think_s after the turn before it finished (and not
         # before its arrival_s); only session starts follow the open-loop schedule.
@@ -125,14 +133,20 @@ class Runner:
 
     def _payload(self, i: int) -> bytes:
         payload = self._payloads.pop(i, None)
-        if payload is None:
-            payload = self._build(i)
+        if payload is None:  # no slack to build it ahead: skip the re-tokenizing check
+            payload = self._build(i, check=False)
         return payload
 
-    def _build(self, i: int) -> bytes:
+    def _build(self, i: int, check: bool = True) -> bytes:
         prompt = self._prompts[i]
         if prompt is None:
-            prompt = simple_prompt(self._ids[i], self._inputs[i], self.seed)
+            a, b = self._block_offsets[i], self._block_offsets[i + 1]
+            blocks = self._block_values[a:b].tolist() if b > a else ()
+            synth = self.synthesizer
+            make = synth.exact if check else synth.text
+            prompt = make(self._ids[i], self._inputs[i], blocks)
+            if not check:
+                synth.stats.unchecked += 1
         return self.backend.prepare(prompt, max(int(self._outputs[i]), 1))
 
     def _prepare_ahead(self, i: int, budget_s: float) -> None:

@@ -6,6 +6,7 @@ identical scheduler over the identical step-time model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,18 @@ class EngineConfig(BaseModel):
                                  weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
                                  factors=factors)
 
-    def scheduler_config(self) -> SchedulerConfig:
+    def scheduler_config(self, prefix_block_tokens: int | None = None) -> SchedulerConfig:
         return SchedulerConfig(max_num_batched_tokens=self.max_num_batched_tokens,
                                max_num_seqs=self.max_num_seqs, block_size=self.block_size,
                                enable_chunked_prefill=self.enable_chunked_prefill,
                                enable_prefix_caching=self.enable_prefix_caching,
-                               policy=self.policy)
+                               policy=self.policy, prefix_block_tokens=prefix_block_tokens)
+
+    def scheduler_maker(self, prefix_block_tokens: int | None) -> Callable[[], Scheduler]:
+        """For the simulator: schedulers that read each Workload ``prefix_blocks`` hash as
+        ``prefix_block_tokens`` tokens (the emulator hashes real token blocks instead)."""
+        config = self.scheduler_config(prefix_block_tokens)
+        return lambda: Scheduler(self.cost_model, config)
 
     def make_scheduler(self) -> Scheduler:
         """A fresh scheduler (one per replica) over the shared cost model."""
