@@ -77,3 +77,40 @@ def test_emulator_counts_the_workload_tokens(tmp_path):
         for endpoint in ("chat", "completions"):
             rows = records_of(run(emu, wl, tmp_path, endpoint, endpoint=endpoint))
             assert sorted(r["input_tokens"] for r in rows) == lengths
+
+
+def session_workload(n_sessions: int, turns: int, out: int = 20, new: int = 50) -> pa.Table:
+    rows: dict[str, list] = {k: [] for k in ("request_id", "arrival_s", "session_id", "turn",
+                                            "think_s", "input_tokens", "output_tokens")}
+    for s in range(n_sessions):
+        ctx = 100
+        for k in range(turns):
+            rows["request_id"].append(f"s{s}.t{k}")
+            rows["arrival_s"].append(0.02 + 0.03 * s)
+            rows["session_id"].append(f"s{s}")
+            rows["turn"].append(k)
+            rows["think_s"].append(0.01 if k else 0.0)
+            rows["input_tokens"].append(ctx)
+            rows["output_tokens"].append(out)
+            ctx += out + new  # the answer is kept in the history, then a new message
+    return conform_workload(pa.table({**rows, "turn": pa.array(rows["turn"], pa.int32())}))
+
+
+def test_follow_up_turns_carry_the_real_history(tmp_path):
+    wl = session_workload(4, 4)
+    want = dict(zip(wl["request_id"].to_pylist(), wl["input_tokens"].to_pylist(), strict=True))
+    with EmulatorProcess(EngineConfig()) as emu:
+        for endpoint in ("chat", "completions"):
+            before = hit_tokens(emu.base_url)
+            a = run(emu, wl, tmp_path, "s-" + endpoint, endpoint=endpoint)
+            hits = hit_tokens(emu.base_url) - before
+            rows = records_of(a)
+            assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
+            # the server counted exactly the planned context (history + new message)
+            assert {r["request_id"]: r["input_tokens"] for r in rows} == want
+            assert a.manifest["prompts"]["missed"] == 0
+            # each follow-up re-sends the turn before it (prompt + the server's answer): the
+            # prefix cache finds at least the earlier prompt, in 16-token blocks
+            floor = sum((want[f"s{s}.t{k - 1}"] // 16) * 16
+                        for s in range(4) for k in range(1, 4))
+            assert hits >= floor * 0.9

@@ -163,3 +163,22 @@ def test_hostile_chat_template_is_sandboxed(tmp_path, corpus):
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="chat template failed"):
         HFTokenizer(folder).render_chat([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_follow_up_keeps_history_and_hits_the_count(hf, corpus, chat):
+    s = PromptSynthesizer(hf, corpus, block_tokens=64, nonce="t", chat=chat)
+    first = s.exact("s0.t0", 300)
+    answer = " The answer, as the server wrote it: forty-two."
+    history = ([{"role": "user", "content": first}, {"role": "assistant", "content": answer}]
+               if chat else first + answer)
+    sent = s.follow_up("s0.t1", 600, history)
+    if chat:
+        assert sent[:2] == history and sent[2]["role"] == "user"
+        assert hf.count_chat(sent) == 600
+    else:
+        assert sent.startswith(history)
+        assert hf.count(sent) == 600
+    # shorter than the history: one-token message, counted as a miss
+    s.follow_up("s0.t2", 10, history)
+    assert s.stats.missed == 1

@@ -7,6 +7,7 @@ from typing import Any
 
 class RequestResult:
     __slots__ = (
+        "answer",
         "app",
         "client_id",
         "done_s",
@@ -45,6 +46,8 @@ class RequestResult:
         self.error: str | None = None
         self.queue_s = 0.0
         self.token_count_source = "none"
+        # the answer's text pieces, kept only when a session's next turn needs the history
+        self.answer: list[str] | None = None
 
     def fail(self, status: str, error: str, done_s: float, http_status: int | None = None) -> None:
         self.status = status

@@ -107,6 +107,8 @@ class Runner:
         # before its arrival_s); only session starts follow the open-loop schedule.
         prev, nxt = session_links(wl)
         self._next_turn: list[int] = nxt.tolist()
+        self._has_prev: list[bool] = (prev >= 0).tolist()
+        self._first_prompts: dict[int, str] = {}  # prepared first turns whose text is history
         self._starts: list[int] = np.flatnonzero(prev < 0).tolist()
         self._last_followup_s = 0.0  # follow-ups are sent after the dispatcher has ended
         self._payloads: dict[int, bytes] = {}
@@ -131,30 +133,68 @@ class Runner:
 
     # -- payloads ----------------------------------------------------------------------------
 
-    def _payload(self, i: int) -> bytes:
-        payload = self._payloads.pop(i, None)
+    def _payload(self, i: int, suffix: str = "") -> bytes:
+        payload = None if suffix else self._payloads.pop(i, None)
         if payload is None:  # no slack to build it ahead: skip the re-tokenizing check
-            payload = self._build(i, check=False)
+            payload = self._build(i, check=False, suffix=suffix)
         return payload
 
-    def _build(self, i: int, check: bool = True) -> bytes:
+    def _prompt(self, i: int, check: bool = True, suffix: str = "") -> str:
         prompt = self._prompts[i]
         if prompt is None:
             a, b = self._block_offsets[i], self._block_offsets[i + 1]
             blocks = self._block_values[a:b].tolist() if b > a else ()
             synth = self.synthesizer
             make = synth.exact if check else synth.text
-            prompt = make(self._ids[i], self._inputs[i], blocks)
+            prompt = make(self._ids[i] + suffix, self._inputs[i], blocks)
             if not check:
                 synth.stats.unchecked += 1
+        return prompt
+
+    def _build(self, i: int, check: bool = True, suffix: str = "") -> bytes:
+        prompt = self._prompt(i, check, suffix)
+        if self._next_turn[i] >= 0 and not suffix:
+            self._first_prompts[i] = prompt
         return self.backend.prepare(prompt, max(int(self._outputs[i]), 1))
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def _turn_payload(self, i: int, history: list[dict[str, str]] | str | None, suffix: str
+                      ) -> tuple[bytes, list[dict[str, str]] | str]:
+        """Payload of row ``i`` of a session, and what it sends (the history of the next
+        turn): a first turn stands alone; a follow-up carries the earlier prompts and the
+        server's actual answers plus a new message, sized to the row's input_tokens."""
+        if history is None:
+            prompt = None if suffix else self._first_prompts.pop(i, None)
+            payload = None if suffix else self._payloads.pop(i, None)
+            if prompt is None or payload is None:
+                prompt = self._prompt(i, check=False, suffix=suffix)
+                payload = self.backend.prepare(prompt, max(int(self._outputs[i]), 1))
+            return payload, prompt
+        given = self._prompts[i]
+        sent: list[dict[str, str]] | str
+        if given is not None:
+            sent = (history + "\n" + given if isinstance(history, str)
+                    else [*history, {"role": "user", "content": given}])
+        else:
+            sent = self.synthesizer.follow_up(self._ids[i] + suffix, self._inputs[i], history)
+        return self.backend.prepare(sent, max(int(self._outputs[i]), 1)), sent
+
+    def _with_answer(self, sent: list[dict[str, str]] | str, res: RequestResult
+                     ) -> list[dict[str, str]] | str:
+        answer = "".join(res.answer or ())
+        if isinstance(sent, str):
+            if self.synthesizer.chat:
+                return [{"role": "user", "content": sent}, {"role": "assistant", "content": answer}]
+            return sent + answer
+        return [*sent, {"role": "assistant", "content": answer}]
 
     def _prepare_ahead(self, i: int, budget_s: float) -> None:
         """Build upcoming payloads while there is slack before the next send."""
         deadline = time.perf_counter() + budget_s
         j = max(self._prepared_upto, i)
         while j < min(i + PREPARE_AHEAD, self._n) and time.perf_counter() < deadline:
-            if j not in self._payloads:
+            if j not in self._payloads and not self._has_prev[j]:  # follow-ups need history
                 self._payloads[j] = self._build(j)
             j += 1
         self._prepared_upto = j
@@ -189,14 +229,20 @@ class Runner:
         return RequestResult(self._ids[i] + suffix, self._clients[i], self._apps[i], scheduled,
                              int(self._inputs[i]))
 
-    async def _execute(self, i: int, scheduled: float, suffix: str = "") -> float:
-        """Send row ``i``; returns when it finished (or failed), on the run clock."""
+    async def _execute(self, i: int, scheduled: float, suffix: str = "", *,
+                       payload: bytes | None = None, keep_answer: bool = False
+                       ) -> RequestResult:
+        """Send row ``i`` (its prepared payload unless one is given); the result, whose
+        ``done_s`` is set when it finished or failed."""
         res = self._result_for(i, scheduled, suffix)
+        if keep_answer:
+            res.answer = []
         progress = self.progress
         progress.in_flight += 1
         self._sent += 1
         try:
-            payload = self._payload(i)
+            if payload is None:
+                payload = self._payload(i, suffix)
             if self._sem is not None:
                 waited_from = self.clock.now()
                 try:
@@ -227,7 +273,9 @@ class Runner:
             self.journal.append(row)
             if self.on_progress is not None:  # only a live display consumes them
                 progress.finished.append(row)
-        return res.done_s if res.done_s is not None else self.clock.now()
+        if res.done_s is None:
+            res.done_s = self.clock.now()
+        return res
 
     def _spawn(self, i: int, scheduled: float) -> None:
         coro = (self._run_session(i, scheduled) if self._next_turn[i] >= 0
@@ -245,11 +293,15 @@ class Runner:
     async def _run_session(self, i: int, scheduled: float) -> None:
         """Open loop: a session's turns, each sent when the one before it is done plus think_s
         (never before its own arrival_s). Turns due after the end of the run are not sent."""
+        history: list[dict[str, str]] | str | None = None
         while True:
-            done = await self._execute(i, scheduled)
             j = self._next_turn[i]
+            payload, sent = self._turn_payload(i, history, "")
+            res = await self._execute(i, scheduled, payload=payload, keep_answer=j >= 0)
             if j < 0:
                 return
+            history = self._with_answer(sent, res)
+            done = res.done_s if res.done_s is not None else self.clock.now()
             t = max(self._arrivals[j], done + self._think[j])
             if not self._may_send(t):
                 return
@@ -302,16 +354,22 @@ class Runner:
             if taken is None:
                 return
             i, suffix = taken
+            history: list[dict[str, str]] | str | None = None
             while True:  # the session's turns, one after another
+                j = self._next_turn[i]
+                payload = None
+                if j >= 0 or history is not None:
+                    payload, sent = self._turn_payload(i, history, suffix)
                 task = asyncio.get_running_loop().create_task(
-                    self._execute(i, scheduled, suffix))
+                    self._execute(i, scheduled, suffix, payload=payload, keep_answer=j >= 0))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                j = self._next_turn[i]
                 if j < 0:
                     break
+                if not task.cancelled() and task.exception() is None:
+                    history = self._with_answer(sent, task.result())
                 think = self.plan.think_s if self.plan.think_s is not None else self._think[j]
                 if think > 0:
                     await self._sleep_until(self.clock.now() + think)

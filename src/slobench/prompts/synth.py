@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -217,7 +217,11 @@ class PromptSynthesizer:
         """The prompt text for a request of ``n_tokens`` input tokens (as the server counts
         them, overhead included). Exact when the tokenizer adds counts of pieces; see
         :meth:`exact`."""
-        body = max(int(n_tokens) - self.overhead, 1)
+        return self.body(request_id, int(n_tokens) - self.overhead, prefix_blocks)
+
+    def body(self, request_id: str, n_tokens: int, prefix_blocks: Sequence[int] = ()) -> str:
+        """``n_tokens`` (at least 1) tokens of text: the prefix blocks, then unique text."""
+        body = max(int(n_tokens), 1)
         n_blocks = min(len(prefix_blocks), body // self.block_tokens)
         parts = [self.block(int(b)) for b in prefix_blocks[:n_blocks]]
         rest = body - n_blocks * self.block_tokens
@@ -234,9 +238,36 @@ class PromptSynthesizer:
               tries: int = 4) -> str:
         """:meth:`text`, re-tokenized and topped up or trimmed at the end until the count is
         exact (the prefix blocks are never touched). Counts go to ``stats``."""
-        text = self.text(request_id, n_tokens, prefix_blocks)
-        want = max(int(n_tokens), 1)
-        got = self.count(text)
+        return self._fit(request_id, self.text(request_id, n_tokens, prefix_blocks),
+                         max(int(n_tokens), 1), self.count, tries)
+
+    def follow_up(self, request_id: str, n_tokens: int,
+                  history: list[dict[str, str]] | str) -> list[dict[str, str]] | str:
+        """A session's next turn: ``history`` (the earlier messages and the server's actual
+        answers; for completions, that text) plus a new user message sized so the whole
+        request is ``n_tokens`` tokens. When the history alone is already longer, the new
+        message is one token and the miss is counted in ``stats``."""
+        probe = self.body(request_id + "~probe", 8)
+        if isinstance(history, str):
+            def render(msg: str) -> str:
+                return history + "\n" + msg  # type: ignore[operator]
+
+            def count(msg: str) -> int:
+                return self.tokenizer.count(render(msg), special=True)
+        else:
+            def render(msg: str) -> list[dict[str, str]]:  # type: ignore[misc]
+                return [*history, {"role": "user", "content": msg}]  # type: ignore[misc]
+
+            def count(msg: str) -> int:
+                return self.tokenizer.count_chat(render(msg))  # type: ignore[arg-type]
+        fixed = count(probe) - self.tokenizer.count(probe, special=False)
+        msg = self.body(request_id, int(n_tokens) - fixed)
+        return render(self._fit(request_id, msg, max(int(n_tokens), 1), count))
+
+    def _fit(self, request_id: str, text: str, want: int, count: Callable[[str], int],
+             tries: int = 4) -> str:
+        """Top up or trim ``text`` at its end until ``count(text) == want``."""
+        got = count(text)
         self.stats.checked += 1
         if got == want:
             return text
@@ -254,7 +285,7 @@ class PromptSynthesizer:
                 if len(cut) == 0:
                     break
                 text = cut
-            got = self.count(text)
+            got = count(text)
             if got == want:
                 self.stats.fixed += 1
                 return text

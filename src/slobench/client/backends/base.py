@@ -18,7 +18,9 @@ class Backend(Protocol):
     name: str
     url: str
 
-    def prepare(self, prompt: str, output_tokens: int) -> bytes: ...
+    def prepare(self, prompt: str | list[dict[str, str]], output_tokens: int) -> bytes:
+        """``prompt``: text, or a chat message list (a session's turn with its history)."""
+        ...
 
     async def send(self, session: aiohttp.ClientSession, payload: bytes, result: RequestResult,
                    clock: RunClock) -> None: ...

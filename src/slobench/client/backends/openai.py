@@ -111,11 +111,14 @@ class OpenAIBackend:
 
     # -- request -----------------------------------------------------------------------------
 
-    def build_body(self, prompt: str, output_tokens: int) -> dict[str, Any]:
+    def build_body(self, prompt: str | list[dict[str, str]], output_tokens: int
+                   ) -> dict[str, Any]:
+        """``prompt``: the text, or (chat) the whole message list of a session's turn."""
         p = self.preset
         body: dict[str, Any] = {"model": self.model, "stream": self.stream}
         if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = (prompt if isinstance(prompt, list)
+                                else [{"role": "user", "content": prompt}])
             body[p.max_tokens_field] = output_tokens
         else:
             body["prompt"] = prompt
@@ -133,7 +136,7 @@ class OpenAIBackend:
         body.update(self.extra_body)  # the user's fields win
         return body
 
-    def prepare(self, prompt: str, output_tokens: int) -> bytes:
+    def prepare(self, prompt: str | list[dict[str, str]], output_tokens: int) -> bytes:
         return orjson.dumps(self.build_body(prompt, output_tokens))
 
     # -- response ----------------------------------------------------------------------------
@@ -186,6 +189,8 @@ class OpenAIBackend:
             result.fail("protocol_error", f"unparseable response body: {exc}: {raw[:200]!r}", now)
             return
         result.done_s = now
+        if result.answer is not None:
+            result.answer.append(text)
         result.first_token_s = now  # TTFT equals E2E without streaming (an upper bound)
         result.first_answer_s = now if text else None
         usage = obj.get("usage") or {}
@@ -209,6 +214,7 @@ class OpenAIBackend:
         final_usage: dict[str, Any] | None = None
         saw_done = saw_finish = False
         failure: tuple[str, str] | None = None
+        keep = result.answer
 
         def handle(events: list[bytes], now: float) -> bool:
             """Returns True when the stream is over (DONE, or a fatal problem)."""
@@ -243,6 +249,8 @@ class OpenAIBackend:
                         text = ch.get("text")
                     if text:
                         a_len += len(text)
+                        if keep is not None:
+                            keep.append(text)
                     if ch.get("finish_reason"):
                         saw_finish = True
                 cum = usage.get("completion_tokens") if isinstance(usage, dict) else None
