@@ -29,6 +29,7 @@ from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
 from slobench.prompts.synth import make_synthesizer
 from slobench.schema import write_table
+from slobench.slo.fidelity import length_fidelity
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
 from slobench.slo.spec import SLOSet, parse_slo
 from slobench.slo.summary import summarize
@@ -234,6 +235,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         journal={"torn_lines": torn},
         prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
                  **synth.stats.as_dict()},
+        length_fidelity=length_fidelity(workload, records),
     )
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)
 

@@ -10,6 +10,7 @@ import typer
 from slobench.benchmark import analyze
 from slobench.cli.main import app, user_errors
 from slobench.report.terminal import console, render
+from slobench.slo.fidelity import fidelity_warnings
 from slobench.units import parse_duration
 
 
@@ -39,6 +40,7 @@ def report(
         notes.append("This run was interrupted: the summary covers what was measured before.")
     if a.torn_lines:
         notes.append(f"{a.torn_lines} torn journal line(s) skipped.")
+    notes += fidelity_warnings(a.manifest.get("length_fidelity") or {})
     specs = {app: a.slos.for_app(app).text for app in (a.summary.get("classes") or {})}
     console().print(render(a.summary, a.health, slo_specs=specs, run_path=str(a.run.path),
                            notes=notes))
