@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,15 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from slobench.cli.main import app, user_errors
+from slobench.cli.options import (
+    DEFAULT_APPS,
+    SESSIONS_PANEL,
+    app_scope_option,
+    apply_sessions,
+    session_options,
+    session_rate_option,
+    sessions_option,
+)
 from slobench.errors import UserError
 from slobench.report.terminal import console
 from slobench.units import parse_duration
@@ -31,7 +40,14 @@ from slobench.workload.generate import (
 from slobench.workload.pool import ClientPool
 from slobench.workload.profiles import load_profile, profile_names
 from slobench.workload.servegen import MISSING_POLICIES, load_pool
-from slobench.workload.synthetic import synthetic_workload
+from slobench.workload.sessions import (
+    DEFAULT_BLOCK_TOKENS,
+    SessionShape,
+    iter_sessionized,
+    session_summary,
+    steady_after_s,
+)
+from slobench.workload.synthetic import parse_app_mix, synthetic_workload
 
 SOURCE = "Source (one of --profile, --pool, or the synthetic options)"
 POOL = "Profile and pool options"
@@ -90,10 +106,13 @@ def _pcts(values: np.ndarray) -> str:
     return f"{values.mean():,.0f} / {p50:,.0f} / {p90:,.0f} / {p99:,.0f}"
 
 
-def summary_table(path: Path, source: str) -> Table:
-    """A short summary of a Workload Parquet file (fits 100 columns)."""
-    t = pq.read_table(path, columns=["arrival_s", "client_id", "app", "input_tokens",
-                                     "output_tokens", "reasoning_tokens", "image_tokens"])
+def summary_table(path: Path, source: str,
+                  shapes: Mapping[str, SessionShape] | None = None) -> Table:
+    """A short summary of a Workload Parquet file (fits 100 columns); ``shapes``: the session
+    shapes it was made with (for the start-up transient)."""
+    t = pq.read_table(path, columns=["arrival_s", "client_id", "app", "session_id", "turn",
+                                     "input_tokens", "output_tokens", "reasoning_tokens",
+                                     "image_tokens"])
     n = t.num_rows
     arr = np.sort(t["arrival_s"].to_numpy())
     span = float(arr[-1] - arr[0]) if n else 0.0
@@ -116,6 +135,14 @@ def summary_table(path: Path, source: str) -> Table:
     images = pc.list_value_length(t["image_tokens"]).to_numpy(zero_copy_only=False)
     if n and images.any():
         table.add_row("images/request", f"{images.mean():.2f} (max {images.max()})")
+    if (sessions := session_summary(t)) is not None:
+        steady = ""
+        if shapes is not None:
+            steady_s = steady_after_s(shapes, pc.unique(t["app"]).to_pylist())
+            steady = (f"; follow-ups build up over the first ~{steady_s:,.0f} s "
+                      "(run --warmup)")
+        table.add_row("sessions", f"{sessions['sessions']:,.0f}, {sessions['mean_turns']:.2f} "
+                      f"requests each{steady}")
     for col, label in (("client_id", "top clients"), ("app", "apps")):
         if not n:
             continue
@@ -171,11 +198,19 @@ def generate(
     output_tokens: str = typer.Option(None, "--output-tokens", help="Output lengths (default "
                                       "lognormal:mean=128,cv=0.6,max=1024).",
                                       rich_help_panel=SYNTH),
-    apps: str = typer.Option(None, "--apps", help="Application-class mix (default "
-                             "chatbot:0.6,coding:0.3,summarization:0.1).", rich_help_panel=SYNTH),
+    apps: str = typer.Option(None, "--apps", help=f"Application-class mix (default {DEFAULT_APPS})"
+                             "; with --sessions also for --profile/--pool.",
+                             rich_help_panel=SYNTH),
     reasoning_fraction: float = typer.Option(None, "--reasoning-fraction", help="Thinking "
                                              "share of reasoning outputs.",
                                              rich_help_panel=SYNTH),
+    sessions: str = sessions_option(),
+    session_rate: str = session_rate_option(),
+    app_scope: str = app_scope_option(),
+    block_tokens: int = typer.Option(None, "--prefix-block-tokens", help="Tokens per prefix "
+                                     "block of the sessions' prompts (default 512, as Mooncake; "
+                                     "give run/simulate the same).", min=1,
+                                     rich_help_panel=SESSIONS_PANEL),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Write a Workload Parquet file from a built-in profile, a ServeGen pool, or synthetic
@@ -183,8 +218,16 @@ def generate(
     duration_s = float(parse_duration(duration, "--duration", allow_zero=False) or 0.0)
     out = _check_output(out)
     source_pool = _pool(profile, pool, missing)
+    sess = session_options(sessions, session_rate, app_scope)
+    if block_tokens is not None and sess is None:
+        raise UserError("--prefix-block-tokens sets the blocks of sessions' prompts; add "
+                        "--sessions (auto, chat, agent or file:shapes.toml)")
+    block_tokens = block_tokens or DEFAULT_BLOCK_TOKENS
+    sess_note = "" if sess is None else (f", sessions {sess['mode']} ({sess['rate_of']} rate, "
+                                         f"app scope {sess['app_scope']})")
     synth_opts = {"--process": process, "--cv": cv, "--input-tokens": input_tokens,
-                  "--output-tokens": output_tokens, "--apps": apps,
+                  "--output-tokens": output_tokens,
+                  "--apps": apps if sess is None else None,  # with sessions: the session mix
                   "--reasoning-fraction": reasoning_fraction}
     pool_opts = {"--mode": mode, "--naive": naive or None, "--start": start, "--top-k": top_k,
                  "--app": app_name, "--correlated": correlated or None}
@@ -205,15 +248,22 @@ def generate(
             duration_s=duration_s,
             input_tokens=input_tokens or "lognormal:mean=512,cv=0.6,max=4096",
             output_tokens=output_tokens or "lognormal:mean=128,cv=0.6,max=1024",
-            apps=apps or "chatbot:0.6,coding:0.3,summarization:0.1",
+            apps=apps or DEFAULT_APPS,
             reasoning_fraction=reasoning_fraction or 0.0, seed=seed)
+        table = apply_sessions(table, sess, apps=None, seed=seed, duration_s=duration_s,
+                               block_tokens=block_tokens)
         _write(lambda: _write_table(table, out), out)
-        source = f"synthetic ({process or 'poisson'}, rate {rate or '10'})"
+        source = f"synthetic ({process or 'poisson'}, rate {rate or '10'}){sess_note}"
     else:
         used = [k for k, v in synth_opts.items() if v is not None]
         if used:
+            hint = ("; --apps sets the app mix of sessions: add --sessions auto"
+                    if "--apps" in used else "")
             raise UserError(f"{', '.join(used)}: only for synthetic workloads; with "
-                            "--profile/--pool the pool gives arrivals and lengths")
+                            f"--profile/--pool the pool gives arrivals and lengths{hint}")
+        if apps is not None and app_name is not None:
+            raise UserError("give --app (one app for every request) or --apps (the sessions' "
+                            "app mix), not both")
         p = source_pool
         if start is not None:
             offset = float(parse_duration(start, "--start") or 0.0)
@@ -232,17 +282,26 @@ def generate(
             fn = _check_rate(p, rate, duration_s)
             mean = float(fn.integral(duration_s)) / duration_s
             table = naive_workload(p, duration_s, seed=seed, rate=mean, app=app_name)
+            table = apply_sessions(table, sess, apps=apps, seed=seed, duration_s=duration_s,
+                                   block_tokens=block_tokens)
             _write(lambda: _write_table(table, out), out)
-            source = f"naive baseline of {name} (Poisson, {mean:.4g} req/s)"
+            source = f"naive baseline of {name} (Poisson, {mean:.4g} req/s){sess_note}"
         else:
             _check_rate(p, rate, duration_s)  # fail on a bad --rate before anything is written
-            batches = iter_workload_batches(p, duration_s, rate=rate, mode=mode or "renewal",
-                                            seed=seed, correlated=correlated, app=app_name)
-            _write(lambda: write_workload_parquet(_with_progress(batches, duration_s, show),
-                                                  out), out)
-            source = f"{name}, rate {rate or 'trace'}, mode {mode or 'renewal'}, seed {seed}"
+            batches = _with_progress(
+                iter_workload_batches(p, duration_s, rate=rate, mode=mode or "renewal",
+                                      seed=seed, correlated=correlated, app=app_name),
+                duration_s, show)
+            if sess is not None:  # streams: follow-ups are held back until their time
+                batches = iter_sessionized(
+                    batches, shapes=sess["shapes"], apps=parse_app_mix(apps) if apps else None,
+                    app_scope=sess["app_scope"], rate_of=sess["rate_of"], seed=seed,
+                    duration_s=duration_s, block_tokens=block_tokens)
+            _write(lambda: write_workload_parquet(batches, out), out)
+            source = (f"{name}, rate {rate or 'trace'}, mode {mode or 'renewal'}, seed {seed}"
+                      f"{sess_note}")
     if not quiet:
-        console().print(summary_table(out, source))
+        console().print(summary_table(out, source, None if sess is None else sess["shapes"]))
 
 
 def _check_rate(p: ClientPool, rate: str | None, duration_s: float) -> object:

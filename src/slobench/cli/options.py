@@ -6,12 +6,23 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import typer
 
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
 from slobench.workload.profiles import profile_workload
-from slobench.workload.synthetic import synthetic_workload
+from slobench.workload.sessions import (
+    APP_SCOPES,
+    DEFAULT_BLOCK_TOKENS,
+    RATE_OF,
+    SESSION_MODES,
+    SessionShape,
+    sessionize,
+    shapes_for_mode,
+    steady_after_s,
+)
+from slobench.workload.synthetic import parse_app_mix, synthetic_workload
 from slobench.workload.traces import load_trace
 
 ENGINE_PANEL = "Engine model (emulator and simulator)"
@@ -77,24 +88,105 @@ def prefix_caching_option() -> Any:
 
 
 CLOSED_LOOP_POOL = 5000  # requests drawn (and cycled) by closed-loop users
+DEFAULT_APPS = "chatbot:0.6,coding:0.3,summarization:0.1"
+SESSIONS_PANEL = "Sessions (multi-turn chat and agents; docs/sessions.md)"
+
+
+def sessions_option() -> Any:
+    return typer.Option(None, "--sessions", help="Multi-turn sessions: off (default), auto "
+                        "(shapes per app), chat, agent (one kind for all apps), "
+                        "file:shapes.toml.", rich_help_panel=SESSIONS_PANEL)
+
+
+def session_rate_option() -> Any:
+    return typer.Option(None, "--session-rate", help="requests (default: keep the request "
+                        "rate) or sessions (every request starts a session).",
+                        rich_help_panel=SESSIONS_PANEL)
+
+
+def app_scope_option() -> Any:
+    return typer.Option(None, "--app-scope", help="session (default: each session draws its "
+                        "app) or client (each client gets one app).",
+                        rich_help_panel=SESSIONS_PANEL)
+
+
+def session_options(sessions: str | None, session_rate: str | None,
+                    app_scope: str | None) -> dict[str, Any] | None:
+    """The checked session options (None when sessions are off): mode, shapes, rate_of,
+    app_scope."""
+    mode = (sessions or "off").strip()
+    shapes = shapes_for_mode(mode)
+    if shapes is None:
+        used = [f for f, v in (("--session-rate", session_rate), ("--app-scope", app_scope)) if v]
+        if used:
+            raise UserError(f"{' and '.join(used)} need --sessions ({SESSION_MODES})")
+        return None
+    rate_of = (session_rate or "requests").strip().lower()
+    if rate_of not in RATE_OF:
+        raise UserError(f"--session-rate {session_rate!r}: use one of {', '.join(RATE_OF)}")
+    scope = (app_scope or "session").strip().lower()
+    if scope not in APP_SCOPES:
+        raise UserError(f"--app-scope {app_scope!r}: use one of {', '.join(APP_SCOPES)}")
+    return {"mode": mode, "shapes": shapes, "rate_of": rate_of, "app_scope": scope}
+
+
+def session_manifest(sess: dict[str, Any], apps: str | None, table: pa.Table,
+                     block_tokens: int = DEFAULT_BLOCK_TOKENS) -> dict[str, Any]:
+    """What a run manifest records of the session options (JSON-safe), with the time the
+    request rate of ``table`` takes to reach its steady state."""
+    shapes: dict[str, SessionShape] = sess["shapes"]
+    in_use = pc.unique(table["app"]).to_pylist()
+    return {"sessions": sess["mode"], "session_rate": sess["rate_of"],
+            "app_scope": sess["app_scope"], "session_apps": apps,
+            "session_block_tokens": block_tokens,
+            "session_steady_after_s": steady_after_s(shapes, in_use),
+            "session_shapes": {a: s.describe() for a, s in shapes.items()}}
+
+
+def apply_sessions(table: pa.Table, sess: dict[str, Any] | None, *, apps: str | None,
+                   seed: int, duration_s: float | None,
+                   block_tokens: int = DEFAULT_BLOCK_TOKENS) -> pa.Table:
+    """``table`` made into sessions with the checked options (unchanged when off)."""
+    if sess is None:
+        return table
+    return sessionize(table, shapes=sess["shapes"], apps=parse_app_mix(apps) if apps else None,
+                      app_scope=sess["app_scope"], rate_of=sess["rate_of"], seed=seed,
+                      duration_s=duration_s, block_tokens=block_tokens)
 
 
 def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None,
                    duration_s: float | None, rate: str, process: str, cv: float,
-                   input_tokens: str, output_tokens: str, apps: str, reasoning_fraction: float,
-                   seed: int, profile: str | None = None) -> tuple[pa.Table, str, dict[str, Any]]:
+                   input_tokens: str, output_tokens: str, apps: str | None,
+                   reasoning_fraction: float, seed: int, profile: str | None = None,
+                   sessions: str | None = None, session_rate: str | None = None,
+                   app_scope: str | None = None, block_tokens: int = DEFAULT_BLOCK_TOKENS
+                   ) -> tuple[pa.Table, str, dict[str, Any]]:
     """A Workload file, a built-in profile, or a synthetic workload from the options:
     (table, source, options). With a profile, ``rate`` is the aggregate rate (trace, trace*2,
-    peak:50, a number, ...) under the profile's client composition and lengths."""
+    peak:50, a number, ...) under the profile's client composition and lengths. With
+    ``sessions`` (docs/sessions.md) the single requests become multi-turn sessions; ``apps``
+    then sets the app mix of a file's or profile's sessions, and ``block_tokens`` the tokens
+    per prefix block of the sessions' prompts."""
     if path is not None and profile is not None:
         raise UserError("give --workload or --profile, not both")
-    if path is not None:  # our Parquet/JSONL, or a public trace (format detected)
-        return load_trace(path), str(path), {}
-    if profile is not None:
-        n = requests or (CLOSED_LOOP_POOL if closed_loop else None)
-        table = profile_workload(profile, rate=rate, duration_s=None if closed_loop else
-                                 duration_s, requests=n, seed=seed)
-        return table, f"profile:{profile}", {"profile": profile, "rate": rate, "seed": seed}
+    sess = session_options(sessions, session_rate, app_scope)
+    # Turns due after the end are never sent: leave them out (closed loop has no schedule).
+    horizon = None if closed_loop else duration_s
+    if path is not None or profile is not None:
+        if path is not None:  # our Parquet/JSONL, or a public trace (format detected)
+            table, source, options = load_trace(path), str(path), {}
+        else:
+            n = requests or (CLOSED_LOOP_POOL if closed_loop else None)
+            table = profile_workload(profile, rate=rate, duration_s=None if closed_loop else
+                                     duration_s, requests=n, seed=seed)
+            source = f"profile:{profile}"
+            options = {"profile": profile, "rate": rate, "seed": seed}
+        if sess is None:
+            return table, source, options
+        table = apply_sessions(table, sess, apps=apps, seed=seed, duration_s=horizon,
+                               block_tokens=block_tokens)
+        return table, source, {**options, **session_manifest(sess, apps, table, block_tokens)}
+    apps = apps or DEFAULT_APPS
     options = {"rate": rate, "process": process, "cv": cv, "input_tokens": input_tokens,
                "output_tokens": output_tokens, "apps": apps,
                "reasoning_fraction": reasoning_fraction, "seed": seed}
@@ -108,6 +200,10 @@ def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None
                                    duration_s=duration_s, input_tokens=input_tokens,
                                    output_tokens=output_tokens, apps=apps,
                                    reasoning_fraction=reasoning_fraction, seed=seed)
+    if sess is not None:  # each row already carries its app from the --apps mix
+        table = apply_sessions(table, sess, apps=None, seed=seed, duration_s=horizon,
+                               block_tokens=block_tokens)
+        options.update(session_manifest(sess, None, table, block_tokens))
     return table, "synthetic", options
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from dataclasses import replace
@@ -19,13 +20,23 @@ from slobench.benchmark import (
     run_benchmark,
 )
 from slobench.cli.main import app, user_errors
-from slobench.cli.options import build_workload, gpu_option, policy_option, tp_option
+from slobench.cli.options import (
+    DEFAULT_APPS,
+    app_scope_option,
+    build_workload,
+    gpu_option,
+    policy_option,
+    session_rate_option,
+    sessions_option,
+    tp_option,
+)
 from slobench.client.pacing import LoadPlan
 from slobench.client.runner import Progress, Runner, Timeouts
 from slobench.engine.config import DEFAULT_MODEL, EngineConfig
 from slobench.errors import UserError
 from slobench.report.live import LiveDisplay
 from slobench.report.terminal import console, engine_text, render
+from slobench.slo.fidelity import fidelity_warnings
 from slobench.slo.spec import parse_slo
 from slobench.store.rundir import RunDir
 from slobench.units import parse_duration
@@ -117,8 +128,9 @@ def run(
     output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",
                                       help="Output lengths (same forms).",
         rich_help_panel="Workload"),
-    apps: str = typer.Option("chatbot:0.6,coding:0.3,summarization:0.1", "--apps",
-                             help="Application-class mix, e.g. chatbot:0.7,coding:0.3.",
+    apps: str = typer.Option(None, "--apps", help="Application-class mix, e.g. "
+                             f"chatbot:0.7,coding:0.3 (default {DEFAULT_APPS}); with --sessions "
+                             "also for --workload/--profile.",
         rich_help_panel="Workload"),
     reasoning_fraction: float = typer.Option(0.0, "--reasoning-fraction", help="Share of a "
                                              "reasoning request's output that is thinking.",
@@ -166,6 +178,20 @@ def run(
         rich_help_panel="SLOs and output"),
     seed: int = typer.Option(0, "--seed", help="Random seed for the workload.",
         rich_help_panel="Workload"),
+    sessions: str = sessions_option(),
+    session_rate: str = session_rate_option(),
+    app_scope: str = app_scope_option(),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Count prompt tokens as the server "
+                                  "does: a tokenizer.json (or its folder), a Hugging Face model "
+                                  "id in the local cache, or builtin (default; the emulator's).",
+        rich_help_panel="Prompts"),
+    prompt_corpus: Path = typer.Option(None, "--prompt-corpus", help="Folder of .txt files (or "
+                                       "one file) to cut prompts from (default: the shipped "
+                                       "corpus).",
+        rich_help_panel="Prompts"),
+    prefix_block_tokens: int = typer.Option(512, "--prefix-block-tokens", help="Tokens per "
+                                            "Workload prefix_blocks hash (Mooncake: 512).",
+        min=5, rich_help_panel="Prompts"),
     gpu: str = gpu_option(),
     tp: int = tp_option(),
     policy: str = policy_option(),
@@ -192,12 +218,24 @@ def run(
     timeouts = Timeouts(request_s=parse_duration(timeout, "--timeout", allow_zero=False) or 600,
                         stall_s=parse_duration(stall_timeout, "--stall-timeout",
                                                allow_zero=False) or 60)
+    if apps is not None and (workload is not None or profile is not None) and \
+            (sessions or "off").strip().lower() == "off":
+        raise UserError("--apps with --workload/--profile sets the app mix of sessions; add "
+                        "--sessions (auto, chat, agent or file:shapes.toml)")
     table, source, options = build_workload(
         workload, closed_loop=plan.mode != "open", requests=requests, duration_s=duration_s,
         rate=rate, process=process, cv=cv, input_tokens=input_tokens,
         output_tokens=output_tokens, apps=apps, reasoning_fraction=reasoning_fraction, seed=seed,
-        profile=profile)
+        profile=profile, sessions=sessions, session_rate=session_rate, app_scope=app_scope,
+        block_tokens=prefix_block_tokens)
     slos.check_classes(set(table["app"].to_pylist()))
+    steady_s = float(options.get("session_steady_after_s") or 0.0)
+    if plan.mode == "open" and plan.warmup_s < steady_s:
+        console(stderr=True).print(
+            f"[dim]Sessions: follow-up turns build up over the start (a request comes "
+            f"{steady_s:.0f} s after its session's start on average); --warmup "
+            f"{math.ceil(steady_s)}s keeps most of the start-up out of the summary "
+            "(docs/sessions.md)[/dim]")
     api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)
     tcfg = TargetConfig(url=target, model=model, engine=engine, endpoint=endpoint, stream=stream,
@@ -206,7 +244,8 @@ def run(
     cfg = BenchmarkConfig(target=tcfg, plan=plan, timeouts=timeouts, slo=slo,
                           lag_threshold_s=parse_duration(lag_threshold, "--lag-threshold") or 0.005,
                           out=out, run_id=run_id, seed=seed, workload_source=source,
-                          workload_options=options)
+                          workload_options=options, tokenizer=tokenizer,
+                          prompt_corpus=prompt_corpus, prefix_block_tokens=prefix_block_tokens)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:
@@ -246,6 +285,7 @@ def run(
         notes.append("Interrupted: the summary covers requests scheduled before the cut-off.")
     if not stream:
         notes.append("Not streaming: TTFT equals E2E and TPOT/ITL cannot be measured.")
+    notes += fidelity_warnings(analysis.manifest.get("length_fidelity") or {})
     if emulator is not None and not emulator.get("keeping_real_time", True):
         notes.append(f"The emulator fell behind real time ({emulator['late_steps']} of "
                      f"{emulator['steps']} steps late, worst {emulator['lag_max_s'] * 1e3:.0f} "
