@@ -293,18 +293,18 @@ class Runner:
     async def _run_session(self, i: int, scheduled: float) -> None:
         """Open loop: a session's turns, each sent when the one before it is done plus think_s
         (never before its own arrival_s). Turns due after the end of the run are not sent."""
-        history: list[dict[str, str]] | str | None = None
+        payload, sent = self._turn_payload(i, None, "")
         while True:
             j = self._next_turn[i]
-            payload, sent = self._turn_payload(i, history, "")
             res = await self._execute(i, scheduled, payload=payload, keep_answer=j >= 0)
             if j < 0:
                 return
-            history = self._with_answer(sent, res)
             done = res.done_s if res.done_s is not None else self.clock.now()
             t = max(self._arrivals[j], done + self._think[j])
             if not self._may_send(t):
                 return
+            # built during the think time: only what runs past the send time shows as lag
+            payload, sent = self._turn_payload(j, self._with_answer(sent, res), "")
             await self._sleep_until(t)
             if not self._may_send(t):
                 return
@@ -354,12 +354,12 @@ class Runner:
             if taken is None:
                 return
             i, suffix = taken
-            history: list[dict[str, str]] | str | None = None
+            payload: bytes | None = None
+            sent: list[dict[str, str]] | str = ""
+            if self._next_turn[i] >= 0:
+                payload, sent = self._turn_payload(i, None, suffix)
             while True:  # the session's turns, one after another
                 j = self._next_turn[i]
-                payload = None
-                if j >= 0 or history is not None:
-                    payload, sent = self._turn_payload(i, history, suffix)
                 task = asyncio.get_running_loop().create_task(
                     self._execute(i, scheduled, suffix, payload=payload, keep_answer=j >= 0))
                 self._tasks.add(task)
@@ -368,12 +368,17 @@ class Runner:
                     await task
                 if j < 0:
                     break
-                if not task.cancelled() and task.exception() is None:
-                    history = self._with_answer(sent, task.result())
+                if task.cancelled() or task.exception() is not None:
+                    return
                 think = self.plan.think_s if self.plan.think_s is not None else self._think[j]
-                if think > 0:
-                    await self._sleep_until(self.clock.now() + think)
-                scheduled = self.clock.now()
+                t = self.clock.now() + think
+                if not self._may_send(t):
+                    return
+                # built during the think time: only what runs past the send time shows as lag
+                payload, sent = self._turn_payload(j, self._with_answer(sent, task.result()),
+                                                   suffix)
+                await self._sleep_until(t)
+                scheduled = t
                 if not self._may_send(scheduled):
                     return
                 self.progress.scheduled += 1
