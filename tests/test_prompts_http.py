@@ -114,3 +114,48 @@ def test_follow_up_turns_carry_the_real_history(tmp_path):
             floor = sum((want[f"s{s}.t{k - 1}"] // 16) * 16
                         for s in range(4) for k in range(1, 4))
             assert hits >= floor * 0.9
+
+
+def test_server_tokenizer_vllm_dialect_counts_exactly(tmp_path):
+    from slobench.prompts.synth import PromptSynthesizer, corpus_files, read_corpus
+    from slobench.prompts.tokenizer import ServerTokenizer
+
+    one_file = corpus_files()[0]  # a small corpus: every distinct word is one HTTP request
+    with EmulatorProcess(EngineConfig()) as emu:
+        tok = ServerTokenizer(emu.base_url, "m")
+        s = PromptSynthesizer(tok, read_corpus(one_file), block_tokens=64, chat=True)
+        assert tok.dialect == "vllm"
+        for n in (1, 5, 100, 700):
+            assert tok.count_chat([{"role": "user", "content": s.text(f"r{n}", n)}]) == n
+        # a whole run with --tokenizer server: every prompt checked exact
+        wl = workload(6, [[] for _ in range(6)], input_tokens=300)
+        a = run_benchmark(wl, BenchmarkConfig(
+            target=TargetConfig(url=emu.base_url, engine="vllm"), plan=LoadPlan(),
+            timeouts=Timeouts(request_s=30, stall_s=10), out=tmp_path / "runs",
+            tokenizer="server", prompt_corpus=one_file))
+    assert a.manifest["prompts"]["tokenizer"].startswith("server:")
+    assert a.manifest["prompts"]["missed"] == 0
+    assert a.manifest["length_fidelity"]["input"]["exact"] == 6
+
+
+def test_server_tokenizer_llamacpp_dialect(scripted_server):
+    from slobench.prompts.synth import PromptSynthesizer, corpus_files, read_corpus
+    from slobench.prompts.tokenizer import ServerTokenizer
+
+    tok = ServerTokenizer(scripted_server({}), "m")
+    s = PromptSynthesizer(tok, read_corpus(corpus_files()[0]), block_tokens=64, chat=True)
+    assert tok.dialect == "llamacpp"
+    assert s.overhead == 6  # "<user>" and "<assistant>": 3 built-in tokens each
+    for n in (10, 100, 400):
+        text = s.text(f"r{n}", n)
+        assert tok.count_chat([{"role": "user", "content": text}]) == n
+
+
+def test_server_tokenizer_without_endpoint_is_one_clear_error(free_port_refused):
+    import pytest
+
+    from slobench.errors import UserError
+    from slobench.prompts.tokenizer import ServerTokenizer
+
+    with pytest.raises(UserError, match="tokenizer server"):
+        ServerTokenizer(free_port_refused, "m").count("hello")

@@ -28,6 +28,7 @@ from slobench.clock import RunClock
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
 from slobench.prompts.synth import make_synthesizer
+from slobench.prompts.tokenizer import ServerTokenizer
 from slobench.schema import write_table
 from slobench.slo.fidelity import length_fidelity
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
@@ -185,11 +186,19 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     slos = parse_slo(cfg.slo)
     slos.check_classes(set(workload["app"].to_pylist()))
     target = cfg.target
-    synth = make_synthesizer(cfg.tokenizer, cfg.prompt_corpus,
-                             block_tokens=cfg.prefix_block_tokens, chat=target.endpoint == "chat")
+    chat = target.endpoint == "chat"
+    from_server = cfg.tokenizer == "server"
+    synth = None if from_server else make_synthesizer(
+        cfg.tokenizer, cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
     loop = new_event_loop()
     try:
         model = loop.run_until_complete(probe_target(target))
+        if synth is None:  # --tokenizer server: the target's own tokenize endpoint
+            synth = make_synthesizer(
+                ServerTokenizer(normalize_base_url(target.url or ""), model,
+                                headers=request_headers(target.url or "", target.api_key,
+                                                        target.headers)),
+                cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
         backend = OpenAIBackend(target.url or "", model=model, preset=get_preset(target.engine),
                                 endpoint=target.endpoint, stream=target.stream,
                                 api_key=target.api_key, extra_body=target.extra_body,

@@ -183,7 +183,8 @@ def run(
     app_scope: str = app_scope_option(),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Count prompt tokens as the server "
                                   "does: a tokenizer.json (or its folder), a Hugging Face model "
-                                  "id in the local cache, or builtin (default; the emulator's).",
+                                  "id in the local cache, server (the target's tokenize "
+                                  "endpoint), or builtin (default; the emulator's).",
         rich_help_panel="Prompts"),
     prompt_corpus: Path = typer.Option(None, "--prompt-corpus", help="Folder of .txt files (or "
                                        "one file) to cut prompts from (default: the shipped "

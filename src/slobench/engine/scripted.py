@@ -33,6 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slobench.engine.process import ServerProcess, run_event_loop, serve_until_stopped
+from slobench.prompts.tokenizer import BuiltinTokenizer
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -503,6 +504,30 @@ async def _stats(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
+async def _tokenize(request: web.Request) -> web.Response:
+    """llama.cpp's dialect (``content`` in, ``tokens`` out), with the built-in tokenizer: lets
+    tests drive ``--tokenizer server`` against a second tokenize API."""
+    try:
+        body = orjson.loads(await request.read())
+        text = body["content"]
+        if not isinstance(text, str):
+            raise TypeError("content must be a string")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad /tokenize body: {exc}"}, status=400)
+    return web.Response(body=orjson.dumps({"tokens": BuiltinTokenizer().encode(text)}),
+                        content_type="application/json")
+
+
+async def _apply_template(request: web.Request) -> web.Response:
+    """llama.cpp's ``/apply-template``: a tiny fixed template around each message."""
+    try:
+        messages = orjson.loads(await request.read())["messages"]
+        prompt = "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + "<assistant>"
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"bad /apply-template body: {exc}"}, status=400)
+    return web.Response(body=orjson.dumps({"prompt": prompt}), content_type="application/json")
+
+
 async def _stats_reset(request: web.Request) -> web.Response:
     request.app[_STATE].reset()
     return web.Response(body=b'{"ok":true}', content_type="application/json")
@@ -520,6 +545,8 @@ def make_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     app.router.add_post("/stats/reset", _stats_reset)
+    app.router.add_post("/tokenize", _tokenize)
+    app.router.add_post("/apply-template", _apply_template)
     return app
 
 

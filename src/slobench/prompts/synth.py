@@ -136,9 +136,9 @@ class PromptSynthesizer:
     def _piece_counts(self, pieces: list[str]) -> np.ndarray:
         uniq = sorted(set(pieces))
         tok = self.tokenizer
-        batch = getattr(tok, "encode_batch", None)
-        if batch is not None:
-            lens = [len(ids) for ids in batch(uniq, special=False)]
+        counts = getattr(tok, "count_batch", None)
+        if counts is not None:
+            lens = list(counts(uniq, special=False))
         else:
             lens = [tok.count(p, special=False) for p in uniq]
         by_piece = dict(zip(uniq, lens, strict=True))

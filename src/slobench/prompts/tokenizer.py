@@ -117,8 +117,9 @@ class HFTokenizer:
     def encode(self, text: str, *, special: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=special).ids
 
-    def encode_batch(self, texts: list[str], *, special: bool = True) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=special)]
+    def count_batch(self, texts: Sequence[str], *, special: bool = True) -> list[int]:
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts),
+                                                            add_special_tokens=special)]
 
     def count(self, text: str, *, special: bool = True) -> int:
         return len(self._tok.encode(text, add_special_tokens=special).ids)
@@ -227,3 +228,106 @@ def load_tokenizer(spec: str | Path | None) -> Tokenizer:
         )
     raise UserError(f"--tokenizer {text}: no such file or folder; give 'builtin', a "
                     "tokenizer.json path, or a Hugging Face model id (org/name) in the local cache")
+
+
+class ServerTokenizer:
+    """The target server's own tokenizer, over HTTP (counts only).
+
+    Two dialects, detected on first use: ``vllm`` (``POST /tokenize`` with ``prompt`` or
+    ``messages``, answering ``count``/``tokens``; vLLM and the built-in emulator) and
+    ``llamacpp`` (``POST /tokenize`` with ``content``, answering ``tokens``; chat through
+    ``POST /apply-template``). Many counts at once run on a small thread pool."""
+
+    WORKERS = 16
+
+    def __init__(self, base_url: str, model: str, *, headers: Mapping[str, str] | None = None,
+                 timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = f"server:{self.base_url}"
+        self._headers = {"Content-Type": "application/json", **dict(headers or {})}
+        self._timeout = timeout_s
+        self.dialect: str | None = None
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.base_url + path, data=json.dumps(body).encode(),
+                                     headers=self._headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise _Refused(exc.code) from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--tokenizer server: {self.base_url}{path} failed ({exc}); is the "
+                            "server up?") from None
+        if not isinstance(data, dict):
+            raise _Refused(200)
+        return data
+
+    def _detect(self) -> str:
+        if self.dialect is None:
+            try:
+                self._vllm({"prompt": "hello world"}, True)
+                self.dialect = "vllm"
+            except _Refused:
+                try:
+                    self._llamacpp("hello world", True)
+                    self.dialect = "llamacpp"
+                except _Refused as exc:
+                    raise UserError(
+                        f"--tokenizer server: {self.base_url} has no tokenize endpoint that "
+                        f"slobench knows (HTTP {exc.status}); give a tokenizer.json instead"
+                    ) from None
+        return self.dialect
+
+    def _vllm(self, body: dict[str, Any], special: bool) -> int:
+        data = self._post("/tokenize", {"model": self.model, "add_special_tokens": special,
+                                        **body})
+        if isinstance(data.get("count"), int):
+            return data["count"]
+        if isinstance(data.get("tokens"), list):
+            return len(data["tokens"])
+        raise _Refused(200)
+
+    def _llamacpp(self, text: str, special: bool) -> int:
+        data = self._post("/tokenize", {"content": text, "add_special": special})
+        if not isinstance(data.get("tokens"), list):
+            raise _Refused(200)
+        return len(data["tokens"])
+
+    def count(self, text: str, *, special: bool = True) -> int:
+        if self._detect() == "vllm":
+            return self._vllm({"prompt": text}, special)
+        return self._llamacpp(text, special)
+
+    def count_batch(self, texts: Sequence[str], *, special: bool = True) -> list[int]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._detect()
+        with ThreadPoolExecutor(self.WORKERS) as pool:
+            return list(pool.map(lambda t: self.count(t, special=special), texts))
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        raise UserError("--tokenizer server gives counts only")
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        if self._detect() == "llamacpp":
+            data = self._post("/apply-template", {"messages": list(messages)})
+            if isinstance(data.get("prompt"), str):
+                return data["prompt"]
+        return "\n".join(_text_of(m.get("content")) for m in messages)
+
+    def count_chat(self, messages: Sequence[Message]) -> int:
+        if self._detect() == "vllm":
+            return self._vllm({"messages": list(messages), "add_generation_prompt": True},
+                              False)
+        return self._llamacpp(self.render_chat(messages), False)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
