@@ -293,11 +293,31 @@ def test_tokenize_counts_like_the_builtin_tokenizer(emu):
 
             status, body = await post_json(s, url, {"messages": messages}, "/tokenize")
             assert status == 200
-            assert body["count"] == tok.count("Be brief.\n" + text + "\nand more")
+            # an image that is not a PNG data URL costs one token (see the image test below)
+            assert body["count"] == tok.count("Be brief.\n" + text + "\nand more") + 1
             # a chat request's usage counts its prompt the same way
             r = await stream(s, url, {"messages": messages, "max_tokens": 2,
                                       "stream_options": {"include_usage": True}})
             assert r.chunks[-1]["usage"]["prompt_tokens"] == body["count"]
+
+    run(go())
+
+
+def test_images_count_as_the_vision_encoder_says(emu):
+    from slobench.prompts.images import ENCODERS, ImagePrompter
+
+    url, _ = emu
+    prompter = ImagePrompter("qwen2.5-vl", nonce="t")
+    out = prompter.parts("Describe it.", [258, 1000], seed="r1")
+    messages = [{"role": "user", "content": out.parts}]
+
+    async def go() -> None:
+        async with client() as s:
+            status, body = await post_json(s, url, {"messages": messages}, "/tokenize")
+            assert status == 200
+            assert body["count"] == BuiltinTokenizer().count("Describe it.") + out.tokens
+            assert out.image_tokens == [ENCODERS["qwen2.5-vl"].fit(n, None).tokens
+                                        for n in (258, 1000)]
 
     run(go())
 

@@ -159,3 +159,48 @@ def test_server_tokenizer_without_endpoint_is_one_clear_error(free_port_refused)
 
     with pytest.raises(UserError, match="tokenizer server"):
         ServerTokenizer(free_port_refused, "m").count("hello")
+
+
+def test_images_are_sent_sized_to_their_token_counts(tmp_path):
+    ids = [f"m{i}" for i in range(5)]
+    images = [[258], [1000, 400], [], [3000], [64]]
+    wl = conform_workload(pa.table({
+        "request_id": ids, "arrival_s": 0.02 + 0.05 * np.arange(5), "session_id": ids,
+        "input_tokens": np.full(5, 4000, dtype=np.int64),
+        "output_tokens": np.full(5, 3, dtype=np.int64),
+        "image_tokens": pa.array(images, pa.list_(pa.int64()))}))
+    with EmulatorProcess(EngineConfig()) as emu:
+        a = run(emu, wl, tmp_path, "mm")
+        c = run(emu, wl, tmp_path, "mm-completions", endpoint="completions")
+    rows = records_of(a)
+    assert all(r["status"] == "ok" for r in rows)
+    # images + text: the server counts exactly the planned input (the text takes what the
+    # images, as the encoder sizes them, leave)
+    assert [r["input_tokens"] for r in rows] == [4000] * 5
+    assert a.manifest["prompts"]["images_dropped"] == 0
+    # the completions API cannot carry images: text only, reported
+    assert c.manifest["prompts"]["images_dropped"] == 4
+    assert [r["input_tokens"] for r in records_of(c)] == [4000] * 5
+
+
+def test_session_images_stay_in_the_history(tmp_path):
+    wl = session_workload(2, 3)
+    # turn k lists every image sent so far in its session (the history re-sends them)
+    per_turn = [[258], [258], [258, 500]]
+    wl = wl.set_column(wl.schema.get_field_index("image_tokens"), "image_tokens",
+                       pa.array([per_turn[k] for k in wl["turn"].to_pylist()],
+                                pa.list_(pa.int64())))
+    from slobench.prompts.images import ImagePrompter
+
+    cost = ImagePrompter("qwen2.5-vl").cost  # what the emulator's encoder makes of them
+    inputs = np.array([n + cost(per_turn[k]) for n, k in
+                       zip(wl["input_tokens"].to_pylist(), wl["turn"].to_pylist(), strict=True)])
+    wl = wl.set_column(wl.schema.get_field_index("input_tokens"), "input_tokens",
+                       pa.array(inputs, pa.int64()))
+    want = dict(zip(wl["request_id"].to_pylist(), inputs.tolist(), strict=True))
+    with EmulatorProcess(EngineConfig()) as emu:
+        a = run(emu, wl, tmp_path, "mm-sessions")
+    rows = records_of(a)
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["request_id"]: r["input_tokens"] for r in rows} == want
+    assert a.manifest["prompts"]["missed"] == 0

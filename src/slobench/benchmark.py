@@ -27,6 +27,7 @@ from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_e
 from slobench.clock import RunClock
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
+from slobench.prompts.images import ImagePrompter, resolve_encoder
 from slobench.prompts.synth import make_synthesizer
 from slobench.prompts.tokenizer import ServerTokenizer
 from slobench.schema import write_table
@@ -73,6 +74,7 @@ class BenchmarkConfig:
     tokenizer: str | None = None  # prompt token counting: builtin, a tokenizer.json, a model id
     prompt_corpus: Path | None = None  # text to cut prompts from (default: the shipped corpus)
     prefix_block_tokens: int = 512  # tokens per Workload prefix_blocks hash
+    vision_encoder: str = "qwen2.5-vl"  # sizes images to the Workload's image_tokens
 
     def public(self) -> dict[str, Any]:
         return {
@@ -88,7 +90,8 @@ class BenchmarkConfig:
             "workload_options": self.workload_options,
             "prompts": {"tokenizer": self.tokenizer or "builtin",
                         "corpus": str(self.prompt_corpus) if self.prompt_corpus else "built-in",
-                        "prefix_block_tokens": self.prefix_block_tokens},
+                        "prefix_block_tokens": self.prefix_block_tokens,
+                        "vision_encoder": self.vision_encoder},
         }
 
 
@@ -187,6 +190,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     slos.check_classes(set(workload["app"].to_pylist()))
     target = cfg.target
     chat = target.endpoint == "chat"
+    resolve_encoder(cfg.vision_encoder)  # an unknown name fails before anything starts
     from_server = cfg.tokenizer == "server"
     synth = None if from_server else make_synthesizer(
         cfg.tokenizer, cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
@@ -219,6 +223,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         clock = RunClock()
         runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
                         timeouts=cfg.timeouts, seed=cfg.seed, synthesizer=synth,
+                        images=ImagePrompter(cfg.vision_encoder, nonce=run.run_id),
                         on_progress=on_progress)
         if on_start:
             on_start(run, runner)
@@ -243,7 +248,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                        "cpu_per_iteration_s": outcome.poll_cost_s},
         journal={"torn_lines": torn},
         prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
-                 **synth.stats.as_dict()},
+                 **synth.stats.as_dict(), "images_dropped": runner.images_dropped},
         length_fidelity=length_fidelity(workload, records),
     )
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)

@@ -25,6 +25,7 @@ from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.result import RequestResult
 from slobench.clock import RunClock
+from slobench.prompts.images import ImagePrompter
 from slobench.prompts.synth import PromptSynthesizer
 from slobench.schema import session_links
 
@@ -76,7 +77,7 @@ class Runner:
     def __init__(self, workload: pa.Table, backend: Backend, plan: LoadPlan, *,
                  journal: Journal, clock: RunClock | None = None,
                  timeouts: Timeouts = Timeouts(), seed: int = 0,
-                 synthesizer: PromptSynthesizer,
+                 synthesizer: PromptSynthesizer, images: ImagePrompter | None = None,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.backend = backend
         self.plan = plan.validate()
@@ -86,6 +87,8 @@ class Runner:
         self.seed = seed
         self.on_progress = on_progress
         self.synthesizer = synthesizer
+        self.images = images if synthesizer.chat else None  # completions cannot carry images
+        self.images_dropped = 0  # rows whose images the completions API could not carry
         order = np.argsort(workload["arrival_s"].to_numpy(), kind="stable")
         wl = workload.take(pa.array(order))
         self._ids: list[str] = wl["request_id"].to_pylist()
@@ -102,6 +105,11 @@ class Runner:
                       else pa.array([], pa.list_(pa.int64())))
         self._block_offsets = blocks.offsets.to_numpy()
         self._block_values = blocks.values.to_numpy()
+        imgs = wl["image_tokens"].combine_chunks()
+        if isinstance(imgs, pa.ChunkedArray):  # pyarrow < 16
+            imgs = imgs.chunk(0) if imgs.num_chunks else pa.array([], pa.list_(pa.int64()))
+        self._image_offsets = imgs.offsets.to_numpy()
+        self._image_values = imgs.values.to_numpy()
         self._n = len(self._ids)
         # Sessions: a follow-up turn is sent think_s after the turn before it finished (and not
         # before its arrival_s); only session starts follow the open-loop schedule.
@@ -139,16 +147,32 @@ class Runner:
             payload = self._build(i, check=False, suffix=suffix)
         return payload
 
-    def _prompt(self, i: int, check: bool = True, suffix: str = "") -> str:
+    def _image_tokens(self, i: int) -> list[int]:
+        a, b = self._image_offsets[i], self._image_offsets[i + 1]
+        return self._image_values[a:b].tolist() if b > a else []
+
+    def _prompt(self, i: int, check: bool = True, suffix: str = ""
+                ) -> str | list[dict[str, Any]]:
+        """Row ``i`` as a standalone request: its own text, or synthesized text of exactly its
+        input_tokens; with images (chat), the images first, sized by the vision encoder, and
+        the text taking the tokens they leave."""
         prompt = self._prompts[i]
+        images = self._image_tokens(i)
+        if images and self.images is None:
+            self.images_dropped += 1
+            images = []
+        cost = self.images.cost(images) if images else 0  # type: ignore[union-attr]
         if prompt is None:
             a, b = self._block_offsets[i], self._block_offsets[i + 1]
             blocks = self._block_values[a:b].tolist() if b > a else ()
             synth = self.synthesizer
             make = synth.exact if check else synth.text
-            prompt = make(self._ids[i] + suffix, self._inputs[i], blocks)
+            prompt = make(self._ids[i] + suffix, self._inputs[i] - cost, blocks)
             if not check:
                 synth.stats.unchecked += 1
+        if images:
+            parts = self.images.parts(prompt, images, seed=self._ids[i] + suffix)  # type: ignore[union-attr]
+            return [{"role": "user", "content": parts.parts}]
         return prompt
 
     def _build(self, i: int, check: bool = True, suffix: str = "") -> bytes:
@@ -172,15 +196,24 @@ class Runner:
                 payload = self.backend.prepare(prompt, max(int(self._outputs[i]), 1))
             return payload, prompt
         given = self._prompts[i]
-        sent: list[dict[str, str]] | str
+        images = self._image_tokens(i) if self.images is not None else []
+        sent: list[dict[str, Any]] | str
         if given is not None:
             sent = (history + "\n" + given if isinstance(history, str)
                     else [*history, {"role": "user", "content": given}])
-        else:
-            sent = self.synthesizer.follow_up(self._ids[i] + suffix, self._inputs[i], history)
+        else:  # the images of the whole history count; only new ones are attached below
+            cost = self.images.cost(images) if images else 0  # type: ignore[union-attr]
+            sent = self.synthesizer.follow_up(self._ids[i] + suffix, self._inputs[i] - cost,
+                                              history)
+        if images and isinstance(sent, list):
+            new = images[_count_images(history):]
+            if new:
+                last = sent[-1]
+                parts = self.images.parts(last["content"], new, seed=self._ids[i] + suffix)  # type: ignore[union-attr]
+                sent = [*sent[:-1], {"role": "user", "content": parts.parts}]
         return self.backend.prepare(sent, max(int(self._outputs[i]), 1)), sent
 
-    def _with_answer(self, sent: list[dict[str, str]] | str, res: RequestResult
+    def _with_answer(self, sent: list[dict[str, Any]] | str, res: RequestResult
                      ) -> list[dict[str, str]] | str:
         answer = "".join(res.answer or ())
         if isinstance(sent, str):
@@ -493,6 +526,13 @@ class Runner:
                           end_s=self.clock.now(), sent=self._sent, cpu_samples=samples,
                           spin_s=self._spin_s, polls=self._polls,
                           poll_cost_s=self._poll_cost_s)
+
+
+def _count_images(history: Any) -> int:
+    if not isinstance(history, list):
+        return 0
+    return sum(1 for m in history if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url")
 
 
 def raise_open_file_limit() -> None:

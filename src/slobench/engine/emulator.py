@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from slobench.engine.core import EngineRequest
 from slobench.engine.scheduler import Scheduler
+from slobench.prompts.images import resolve_encoder
 from slobench.prompts.tokenizer import BuiltinTokenizer
 
 log = logging.getLogger("slobench.emulator")
@@ -248,6 +249,54 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
                         status_code=status)
 
 
+def _image_ids(url: Any, encoder: Any) -> list[int]:
+    """An image part as the engine sees it: as many pseudo token ids as the vision encoder
+    gives its size (read from the PNG header of a data URL), the same ids for the same image
+    so the prefix cache can reuse it. Anything else counts as one token."""
+    import base64
+    import zlib
+
+    if not isinstance(url, str):
+        return []
+    key = zlib.crc32(url.encode())
+    n = 1
+    if url.startswith("data:image/png;base64,"):
+        try:
+            head = base64.b64decode(url[22:22 + 44])
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+                n = int(encoder.tokens(w, h))
+        except ValueError:
+            n = 1
+    return [(key + k) % 128_256 for k in range(n)]
+
+
+def _prompt_ids(body: dict[str, Any], chat: bool, tokenizer: BuiltinTokenizer,
+                encoder: Any) -> list[int]:
+    """The prompt's token ids, images included (one pseudo id per image token)."""
+    if not chat:
+        return tokenizer.encode(_prompt_text(body, chat))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    ids: list[int] = []
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, str):
+            ids += tokenizer.encode(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "text":
+                    ids += tokenizer.encode(str(part.get("text", "")))
+                elif part.get("type") == "image_url":
+                    image = part.get("image_url")
+                    ids += _image_ids(image.get("url") if isinstance(image, dict) else image,
+                                      encoder)
+    return ids
+
+
 def _prompt_text(body: dict[str, Any], chat: bool) -> str:
     if chat:
         messages = body.get("messages")
@@ -272,7 +321,8 @@ def _prompt_text(body: dict[str, Any], chat: bool) -> str:
 
 def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
                faults: Faults | None = None, max_model_len: int = 131072,
-               admission_delay: Callable[[int], float] | None = None) -> FastAPI:
+               admission_delay: Callable[[int], float] | None = None,
+               vision_encoder: str = "qwen2.5-vl") -> FastAPI:
     """The emulator's web app. The engine loop starts with the app (lifespan).
 
     ``admission_delay(prompt_tokens)`` is the frontend's time (HTTP, tokenization, templating)
@@ -280,6 +330,7 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
     """
     faults = faults or Faults()
     tokenizer = BuiltinTokenizer()
+    encoder = resolve_encoder(vision_encoder)
     metrics = _Metrics(model)
     rng = random.Random(faults.seed)
     ids = itertools.count()
@@ -318,10 +369,9 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
     async def tokenize(request: Request) -> JSONResponse:
         try:
             body = orjson.loads(await request.body())
-            text = _prompt_text(body, chat="messages" in body)
+            tokens = _prompt_ids(body, "messages" in body, tokenizer, encoder)
         except (orjson.JSONDecodeError, ValueError, AttributeError) as exc:
             return _error(400, f"bad /tokenize body: {exc}")
-        tokens = tokenizer.encode(text)
         return JSONResponse({"count": len(tokens), "max_model_len": max_model_len,
                              "tokens": tokens})
 
@@ -330,7 +380,7 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
             body = orjson.loads(await request.body())
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
-            text = _prompt_text(body, chat)
+            token_ids = _prompt_ids(body, chat, tokenizer, encoder)
             max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
             max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens)
             if max_tokens < 1:
@@ -343,7 +393,6 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
         disconnect_at = (rng.randint(1, max_tokens) if rng.random() < faults.disconnect_rate
                          else None)
         stall_at = rng.randint(1, max_tokens) if rng.random() < faults.stall_rate else None
-        token_ids = tokenizer.encode(text)
         if len(token_ids) + max_tokens > max_model_len:
             return _error(400, f"prompt ({len(token_ids)} tokens) + max_tokens ({max_tokens}) "
                           f"exceed the maximum context length {max_model_len}")

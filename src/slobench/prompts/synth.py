@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +51,12 @@ def _next(x: int) -> int:  # splitmix64 step: a cheap stream of numbers from one
     return z ^ (z >> 31)
 
 
+DATASET_SUFFIXES = (".json", ".jsonl")  # ShareGPT / prompt datasets (prompts.datasets)
+
+
 def corpus_files(path: str | Path | None = None) -> list[Path]:
-    """The ``.txt`` files of a corpus folder (default: the one shipped in the package)."""
+    """The ``.txt`` files of a corpus folder (default: the one shipped in the package), or the
+    one file given: a ``.txt`` file, or a ShareGPT ``.json`` / prompts ``.jsonl`` dataset."""
     root = Path(path) if path is not None else Path(str(resources.files("slobench.prompts")
                                                          / "corpus"))
     if root.is_file():
@@ -59,13 +64,21 @@ def corpus_files(path: str | Path | None = None) -> list[Path]:
     files = sorted(root.glob("*.txt")) if root.is_dir() else []
     if not files:
         raise UserError(f"{root}: no .txt files to take prompt text from; give a folder of "
-                        "plain-text files or a single .txt file")
+                        "plain-text files, a single .txt file, or a ShareGPT .json / prompts "
+                        ".jsonl dataset")
     return files
 
 
 def read_corpus(path: str | Path | None = None) -> str:
+    """The corpus text; from a dataset file, its message texts (lengths still come from the
+    workload: this is only where the words come from)."""
     texts = []
     for f in corpus_files(path):
+        if f.suffix.lower() in DATASET_SUFFIXES:
+            from slobench.prompts.datasets import dataset_text
+
+            texts.append(dataset_text(f))
+            continue
         try:
             texts.append(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
@@ -258,8 +271,8 @@ class PromptSynthesizer:
             def render(msg: str) -> list[dict[str, str]]:  # type: ignore[misc]
                 return [*history, {"role": "user", "content": msg}]  # type: ignore[misc]
 
-            def count(msg: str) -> int:
-                return self.tokenizer.count_chat(render(msg))  # type: ignore[arg-type]
+            def count(msg: str) -> int:  # images are counted by the caller
+                return self.tokenizer.count_chat(_text_only(render(msg)))  # type: ignore[arg-type]
         fixed = count(probe) - self.tokenizer.count(probe, special=False)
         msg = self.body(request_id, int(n_tokens) - fixed)
         return render(self._fit(request_id, msg, max(int(n_tokens), 1), count))
@@ -292,6 +305,18 @@ class PromptSynthesizer:
         self.stats.missed += 1
         self.stats.max_abs_error = max(self.stats.max_abs_error, abs(got - want), first_error)
         return text
+
+
+def _text_only(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Messages with image parts dropped and text parts joined, for counting text tokens."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content
+                              if isinstance(p, dict) and p.get("type") == "text")
+        out.append({"role": m.get("role", "user"), "content": content or ""})
+    return out
 
 
 def make_synthesizer(tokenizer: str | Path | Tokenizer | None = None,
