@@ -74,6 +74,16 @@ def agent(turns: str = "uniform:2..6", **kw: object) -> dict[str, SessionShape]:
     return {"default": SessionShape("agent", turns=turns, **{**base, **kw})}  # type: ignore[arg-type]
 
 
+def under_way(t: pa.Table) -> np.ndarray:
+    """The first row of each session under way at 0 (steady start): a follow-up turn whose
+    earlier turns came before 0, so not in the table (ids ``<row id>.p<j>.t<k>``)."""
+    prev, _ = session_links(t)
+    resumed = (prev < 0) & (t["turn"].to_numpy() > 0)
+    pre = pc.match_substring(t["request_id"], ".p").to_numpy(zero_copy_only=False)
+    assert not (resumed & ~pre).any()
+    return resumed
+
+
 def turns_per_session(t: pa.Table) -> np.ndarray:
     _, counts = np.unique(t["session_id"].to_numpy(zero_copy_only=False), return_counts=True)
     return counts
@@ -88,7 +98,8 @@ def test_turn_counts_follow_the_shape_chi_square():
     for spec in ("geometric:mean=3", "pmf:1=0.5,2=0.2,4=0.3",
                  "lognormal:mean=8.8,cv=4.3,max=1000"):
         shape = chat(spec, max_context_tokens=10**9)  # no session is cut by the context limit
-        t = sessionize(base, shapes=shape, rate_of="sessions", seed=1, block_tokens=1 << 20)
+        t = sessionize(base, shapes=shape, rate_of="sessions", seed=1, block_tokens=1 << 20,
+                       start="empty")
         counts = turns_per_session(t)
         assert len(counts) == n
         cdf = shape["default"].cdf
@@ -108,7 +119,8 @@ def test_think_times_follow_the_shape_ks():
     base = single_turn(20_000)
     for spec, ref in (("exp:mean=10s", stats.expon(scale=10)),
                       ("uniform:2s..5s", stats.uniform(2, 3))):
-        t = sessionize(base, shapes=chat("geometric:mean=3", spec), rate_of="sessions", seed=2)
+        t = sessionize(base, shapes=chat("geometric:mean=3", spec), rate_of="sessions", seed=2,
+                       start="empty")
         think = t["think_s"].to_numpy()[t["turn"].to_numpy() > 0]
         assert len(think) > 20_000
         assert stats.kstest(think, ref.cdf).pvalue > P_MIN, spec
@@ -117,7 +129,7 @@ def test_think_times_follow_the_shape_ks():
     sigma = math.sqrt(math.log1p(1.5**2))
     ref = stats.lognorm(s=sigma, scale=math.exp(math.log(20) - sigma**2 / 2))
     t = sessionize(base, shapes=chat("geometric:mean=3", "lognormal:mean=20s,cv=1.5,max=1min"),
-                   rate_of="sessions", seed=3)
+                   rate_of="sessions", seed=3, start="empty")
     think = t["think_s"].to_numpy()[t["turn"].to_numpy() > 0]
     assert think.max() == pytest.approx(60.0)
     below = think[think < 60]
@@ -154,7 +166,10 @@ def test_chat_context_grows_by_exactly_the_formula_and_drops_reasoning():
     out = t["output_tokens"].to_numpy()
     rea = t["reasoning_tokens"].to_numpy()
     client = np.array([int(c[1:]) for c in t["client_id"].to_pylist()])
-    follow = np.flatnonzero(t["turn"].to_numpy() > 0)
+    turn = t["turn"].to_numpy()
+    resumed = under_way(t)  # steady start: the first turn after 0 of a session under way
+    assert ((prev < 0) == ((turn == 0) | resumed)).all() and resumed.sum() > 50
+    follow = np.flatnonzero((turn > 0) & ~resumed)
     assert len(follow) > 4000
     p = prev[follow]
     assert (p >= 0).all()
@@ -165,6 +180,11 @@ def test_chat_context_grows_by_exactly_the_formula_and_drops_reasoning():
     # outputs are bootstrapped from the same client, as (output, reasoning) pairs
     assert ((out >= 1000 * client + 300) & (out <= 1000 * client + 349)).all()
     assert (rea == out // 2).all()
+    # every prompt holds turn + 1 messages and turn visible answers of its client, the history
+    # before 0 of a session under way included
+    vis_lo, vis_hi = 500 * client + 150, 500 * client + 175  # out - out // 2
+    assert ((inp >= (turn + 1) * (1000 * client + 100) + turn * vis_lo)
+            & (inp <= (turn + 1) * (1000 * client + 199) + turn * vis_hi)).all()
     # the first turn is its own row (no system prompt in this shape)
     first = t.filter(pc.equal(t["turn"], 0))
     orig = dict(zip(base["request_id"].to_pylist(), base["input_tokens"].to_pylist(),
@@ -175,13 +195,24 @@ def test_chat_context_grows_by_exactly_the_formula_and_drops_reasoning():
 
 def test_agent_context_adds_tool_results_and_system_prompt():
     base = single_turn(3000, clients=2, reasoning=True)
-    t = sessionize(base, shapes=agent(), seed=5)
+    t = sessionize(base, shapes=agent(think_s="exp:mean=20s"), seed=5)
     prev, _ = session_links(t)
     inp, out, rea = (t[c].to_numpy() for c in ("input_tokens", "output_tokens",
                                                 "reasoning_tokens"))
-    follow = np.flatnonzero(t["turn"].to_numpy() > 0)
+    turn = t["turn"].to_numpy()
+    resumed = under_way(t)
+    follow = np.flatnonzero((turn > 0) & ~resumed)
     p = prev[follow]
+    assert (p >= 0).all()
     assert (inp[follow] == inp[p] + out[p] - rea[p] + 777).all()
+    # a session under way at 0: system prompt, first input, then per turn an answer and a tool
+    # result (the turns before 0 are not in the table, their tokens are)
+    client = np.array([int(c[1:]) for c in t["client_id"].to_pylist()])
+    r = np.flatnonzero(resumed)
+    assert len(r) > 20 and (turn[r] > 0).all() and (prev[r] < 0).all()
+    vis_lo, vis_hi = 500 * client[r] + 150, 500 * client[r] + 175
+    assert ((inp[r] >= 300 + 1000 * client[r] + 100 + turn[r] * (vis_lo + 777))
+            & (inp[r] <= 300 + 1000 * client[r] + 199 + turn[r] * (vis_hi + 777))).all()
     orig = dict(zip(base["request_id"].to_pylist(), base["input_tokens"].to_pylist(),
                     strict=True))
     first = t.filter(pc.equal(t["turn"], 0))
@@ -194,7 +225,7 @@ def test_agent_context_adds_tool_results_and_system_prompt():
 def test_context_limit_opens_a_fresh_session_and_keeps_every_turn():
     base = single_turn(2000)
     shapes = chat("10", max_context_tokens=2000)
-    t = sessionize(base, shapes=shapes, rate_of="sessions", seed=6)
+    t = sessionize(base, shapes=shapes, rate_of="sessions", seed=6, start="empty")
     assert t.num_rows == 10 * 2000  # no turn is lost
     inp = t["input_tokens"].to_numpy()
     turn = t["turn"].to_numpy()
@@ -202,6 +233,10 @@ def test_context_limit_opens_a_fresh_session_and_keeps_every_turn():
     assert turns_per_session(t).max() < 10  # sessions were cut
     prev, _ = session_links(t)
     assert ((prev >= 0) == (turn > 0)).all()
+    # sessions under way at 0 are cut by the same rule (their history counts)
+    steady = sessionize(base, shapes=shapes, rate_of="sessions", seed=6)
+    assert steady.num_rows > t.num_rows
+    assert (steady["input_tokens"].to_numpy() <= 2000).all()
 
 
 def test_images_accumulate_in_the_history():
@@ -210,7 +245,10 @@ def test_images_accumulate_in_the_history():
     prev, _ = session_links(t)
     imgs = t["image_tokens"].to_pylist()
     inp = t["input_tokens"].to_numpy()
-    follow = np.flatnonzero(t["turn"].to_numpy() > 0)
+    resumed = under_way(t)
+    assert all(sum(imgs[i]) <= inp[i] for i in np.flatnonzero(resumed))
+    assert any(len(imgs[i]) > 2 for i in np.flatnonzero(resumed))  # images sent before 0
+    follow = np.flatnonzero((t["turn"].to_numpy() > 0) & ~resumed)
     assert any(imgs[i] for i in follow)
     for i in follow:
         before = imgs[prev[i]]
@@ -224,10 +262,12 @@ def test_images_accumulate_in_the_history():
 def test_prefix_blocks_reuse_within_sessions_share_system_and_never_collide():
     b = 64
     base = single_turn(1500, clients=3, reasoning=True)
-    shapes = {"chatbot": SessionShape("chat", turns="geometric:mean=3", system_tokens=200),
+    shapes = {"chatbot": SessionShape("chat", turns="geometric:mean=3", system_tokens=200,
+                                      think_s="exp:mean=20s"),
               "coding": SessionShape("agent", turns="uniform:1..5", system_tokens=300,
-                                     tool_result_tokens="uniform:10..200")}
+                                     think_s="exp:mean=5s", tool_result_tokens="uniform:10..200")}
     t = sessionize(base, shapes=shapes, apps={"chatbot": 1, "coding": 1}, block_tokens=b, seed=8)
+    assert under_way(t).sum() > 20  # their history blocks are theirs, shared by later turns
     blocks = t["prefix_blocks"].to_pylist()
     inp = t["input_tokens"].to_numpy()
     assert all(len(bl) == math.ceil(n / b) for bl, n in zip(blocks, inp, strict=True))
@@ -305,10 +345,98 @@ def test_start_up_transient_scale():
     base = synthetic_workload(rate=rate, duration_s=h, seed=3, input_tokens="100",
                               output_tokens="50")
     shape = {"default": SessionShape("chat", turns="geometric:mean=3.5", think_s="exp:mean=60s")}
-    t = sessionize(base, shapes=shape, seed=3, duration_s=h)
+    t = sessionize(base, shapes=shape, seed=3, duration_s=h, start="empty")
     missing = base.num_rows - t.num_rows
     expected = rate * shape["default"].mean_age_s
     assert abs(missing - expected) < 0.25 * expected, (missing, expected)
+    # a steady start adds what was missing: the turns after 0 of sessions under way at 0
+    # (the same seed draws the same other sessions; rel. sd of the difference ~ 5%)
+    steady = sessionize(base, shapes=shape, seed=3, duration_s=h)
+    assert steady.filter(pc.invert(pc.match_substring(steady["request_id"], ".p"))).equals(t)
+    assert abs(steady.num_rows - t.num_rows - expected) < 0.15 * expected
+
+
+def test_steady_start_keeps_the_rate_from_time_zero():
+    # One hour per default shape. Heavy-tailed coding sessions make counts vary (rel. sd of the
+    # hour's count ~0.8% at 400 req/s; over seeds 0-19 it stays within 0.986-1.023 and the
+    # first 10% within 0.98-1.03 of the whole), so coding gets the most requests.
+    h = 3600.0
+    rates = {"chatbot": 50, "coding": 400, "tool": 50, "reasoning": 50}
+    base = synthetic_workload(rate=sum(rates.values()), duration_s=h, seed=1,
+                              apps=",".join(f"{a}:{r}" for a, r in rates.items()),
+                              input_tokens="200", output_tokens="100")
+    apps_in = base["app"].to_numpy(zero_copy_only=False)
+    starts = {"steady": sessionize(base, seed=1, duration_s=h, block_tokens=1 << 20),
+              "empty": sessionize(base, seed=1, duration_s=h, block_tokens=1 << 20,
+                                  start="empty")}
+    for start, t in starts.items():
+        apps, arr = t["app"].to_numpy(zero_copy_only=False), t["arrival_s"].to_numpy()
+        for app in rates:
+            a = arr[apps == app]
+            count = len(a) / np.count_nonzero(apps_in == app)  # vs the input's requests
+            first = np.count_nonzero(a < 0.1 * h) / (0.1 * len(a))  # first 6 min vs the hour
+            if start == "steady":
+                assert abs(count - 1) < 0.03, (app, count)
+                assert abs(first - 1) < 0.10, (app, first)
+                if app == "coding":  # the first two minutes too
+                    assert abs(np.count_nonzero(a < 120) / (120 / h * len(a)) - 1) < 0.10
+            elif app == "coding":  # as before: ~15% fewer, the first minutes ~35% lighter
+                assert count < 0.92 and first < 0.75, (count, first)
+            elif app == "chatbot":
+                assert count < 0.995 and first < 0.9, (count, first)
+
+
+def test_steady_start_with_every_request_starting_a_session():
+    h = 3600.0
+    base = synthetic_workload(rate=10, duration_s=h, seed=2, input_tokens="100",
+                              output_tokens="50")
+    shape = chat("geometric:mean=3", "exp:mean=30s")
+    arr = sessionize(base, shapes=shape, rate_of="sessions", seed=2, duration_s=h)[
+        "arrival_s"].to_numpy()
+    # ~108k requests (3 per input row); rel. sd of the first 10% ~2%
+    assert abs(len(arr) / (3 * base.num_rows) - 1) < 0.03
+    assert abs(np.count_nonzero(arr < 0.1 * h) / (0.1 * len(arr)) - 1) < 0.1
+
+
+def test_sessions_under_way_at_zero_link_up_and_are_deterministic():
+    base = single_turn(8000, clients=4, gap_s=0.1)
+    shapes = shapes_for_mode("auto")
+    mix = "chatbot:1,coding:1,summarization:1"
+    a = sessionize(base, shapes=shapes, apps=mix, seed=11, duration_s=700.0)
+    assert a.equals(sessionize(base, shapes=shapes, apps=mix, seed=11, duration_s=700.0))
+    assert not a.equals(sessionize(base, shapes=shapes, apps=mix, seed=12, duration_s=700.0))
+    assert pc.count_distinct(a["request_id"]).as_py() == a.num_rows
+    arr, turn = a["arrival_s"].to_numpy(), a["turn"].to_numpy()
+    assert (np.diff(arr) >= 0).all() and arr.min() >= 0 and arr.max() < 700
+    prev, nxt = session_links(a)
+    resumed = under_way(a)
+    assert resumed.sum() > 50 and set(a.filter(pa.array(resumed))["app"].to_pylist()) == {
+        "chatbot", "coding"}  # single-turn apps have no session under way
+    # chains: consecutive turn numbers, arrival = previous arrival + think, one app and client
+    f = np.flatnonzero(prev >= 0)
+    assert (turn[prev[f]] == turn[f] - 1).all()
+    assert arr[f] == pytest.approx(arr[prev[f]] + a["think_s"].to_numpy()[f])
+    sid = a["session_id"].to_numpy(zero_copy_only=False)
+    rid = a["request_id"].to_numpy(zero_copy_only=False)
+    assert (sid[f] == sid[prev[f]]).all()
+    # a session under way: its id is that of its turn 0, which came before 0 (not in the table)
+    r = np.flatnonzero(resumed)
+    assert not np.isin(sid[r], rid).any()
+    assert all(s_.split(".p")[0] in set(base["request_id"].to_pylist()) for s_ in sid[r])
+    assert (a["think_s"].to_numpy()[r] > 0).all()  # the think time that straddled 0
+    # its prompt already holds its history: longer than the same app's first turns
+    coding = a["app"].to_numpy(zero_copy_only=False) == "coding"
+    assert np.median(a["input_tokens"].to_numpy()[r[coding[r]]]) > 2 * np.median(
+        a["input_tokens"].to_numpy()[coding & (turn == 0)])
+    # its later turns reuse its blocks
+    blocks = a["prefix_blocks"].to_pylist()
+    inp = a["input_tokens"].to_numpy()
+    for i in r[nxt[r] >= 0]:
+        full = inp[i] // 512
+        assert blocks[nxt[i]][:full] == blocks[i][:full]
+    with pytest.raises(UserError, match="--session-start 'warm'"):
+        sessionize(base, start="warm")
+    assert sessionize(base.slice(0, 0)).num_rows == 0
 
 
 def test_app_mix_per_session_and_per_client():
@@ -338,7 +466,8 @@ def test_app_mix_per_session_and_per_client():
 def test_output_is_a_sorted_conforming_workload_with_links_and_determinism():
     base = single_turn(5000, clients=4)
     shapes = shapes_for_mode("auto")
-    a = sessionize(base, shapes=shapes, apps="chatbot:1,coding:1,summarization:1", seed=11)
+    a = sessionize(base, shapes=shapes, apps="chatbot:1,coding:1,summarization:1", seed=11,
+                   start="empty")
     assert a.schema == conform_workload(a).schema
     arr = a["arrival_s"].to_numpy()
     assert (np.diff(arr) >= 0).all()
@@ -350,8 +479,9 @@ def test_output_is_a_sorted_conforming_workload_with_links_and_determinism():
     assert (turn[prev[f]] == turn[f] - 1).all()
     assert (arr[f] == pytest.approx(arr[prev[f]] + a["think_s"].to_numpy()[f]))
     assert a.equals(sessionize(base, shapes=shapes, apps="chatbot:1,coding:1,summarization:1",
-                               seed=11))
-    b = sessionize(base, shapes=shapes, apps="chatbot:1,coding:1,summarization:1", seed=12)
+                               seed=11, start="empty"))
+    b = sessionize(base, shapes=shapes, apps="chatbot:1,coding:1,summarization:1", seed=12,
+                   start="empty")
     assert not a.equals(b)
     summary = session_summary(a)
     assert summary is not None and summary["mean_turns"] > 1
@@ -406,6 +536,7 @@ def test_streaming_equals_one_shot_up_to_pools_and_block_numbers():
     kw = {"shapes": shapes, "apps": "chatbot:2,coding:1", "block_tokens": 128, "seed": 14,
           "duration_s": 1150.0}
     one = sessionize(base, **kw)
+    assert under_way(one).sum() > 20  # steady start: sessions under way at 0 agree too
     parts = list(iter_sessionized(_batches(base, [1, 999, 2500, 500, 2000]), **kw))
     streamed = pa.Table.from_batches(parts)
     assert all(np.all(np.diff(p.column("arrival_s").to_numpy()) >= 0) for p in parts)
@@ -422,6 +553,16 @@ def test_streaming_equals_one_shot_up_to_pools_and_block_numbers():
     assert streamed.filter(first)["output_tokens"].equals(one.filter(first)["output_tokens"])
     with pytest.raises(UserError, match="arrival order"):
         list(iter_sessionized(_batches(var, [3000, 3000])[::-1], **kw))
+
+    # No duration and an input shorter than the window: both use the rate up to its last row.
+    short = {**kw, "duration_s": None}
+    one = sessionize(var.slice(0, 1000), **short)
+    streamed = pa.Table.from_batches(list(iter_sessionized(_batches(var, [300, 700]), **short)))
+    assert under_way(one).sum() > 5
+    assert streamed.select(same).equals(one.select(same))
+    for start in ("steady", "empty"):  # one batch: exactly equal, block numbers included
+        one = sessionize(var, **kw, start=start)
+        assert pa.Table.from_batches(list(iter_sessionized([var], **kw, start=start))).equals(one)
 
 
 # --- shape files ------------------------------------------------------------------------------

@@ -25,6 +25,15 @@ single requests (a profile, a pool, a synthetic workload or a trace) into sessio
   app, the session's other full blocks are reused by its later turns, and the partial last block
   of a prompt has an id of its own.
 
+- **Steady start** (``start="steady"``, the default). At 0 the workload looks like a system that
+  has run for long: sessions started before 0 are a stationary process with the start rate of
+  the input's first ``min(STEADY_WINDOW_S, duration_s)`` seconds, so each of those rows stands
+  for Poisson(p · E[span] / window) sessions under way (Little's law; p the start probability).
+  For each, 0 falls in the gap before turn k ≥ 1 with probability ∝ P(T > k); that gap's think
+  time is length-biased (density ∝ x f(x)) and 0 uniform in it; T is drawn given T > k. Turns
+  before k are made (context, images, blocks) but not kept; turn k keeps its number and has no
+  predecessor in the table. ``start="empty"``: no session before 0 (a start-up transient).
+
 Randomness is counter-based: every draw is a hash of (seed, stream name, row index, turn), so the
 result does not depend on how the table is cut into batches (:func:`iter_sessionized`), only the
 bootstrap pools and the numbering of block ids do.
@@ -45,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.special import ndtr, ndtri
+from scipy.stats import poisson
 
 from slobench.errors import UserError, did_you_mean
 from slobench.schema import WORKLOAD_SCHEMA, conform_workload
@@ -68,6 +78,8 @@ __all__ = [
     "MAX_TURNS",
     "RATE_OF",
     "SESSION_MODES",
+    "STARTS",
+    "STEADY_WINDOW_S",
     "Geometric",
     "Pmf",
     "Seconds",
@@ -85,6 +97,9 @@ __all__ = [
 
 KINDS = ("single", "chat", "agent")
 RATE_OF = ("requests", "sessions")
+STARTS = ("steady", "empty")
+# Sessions under way at 0 follow the mean rate of the input's first this many seconds.
+STEADY_WINDOW_S = 600.0
 APP_SCOPES = ("session", "client")
 SESSION_MODES = "off, auto, chat, agent or file:shapes.toml"
 # A session has at most this many turns (keeps per-turn random counters and tables small).
@@ -96,6 +111,9 @@ TURN_FORMS = f"geometric:mean=3.5, pmf:1=0.5,2=0.3,3=0.2, or a length: {LENGTH_F
 SECONDS_FORMS = ("30s, fixed:30s, uniform:1s..5s, exp:mean=30s or "
                  "lognormal:mean=30s,cv=1.5[,min=0s,max=10min]")
 _TURN_KEY = 1024  # > MAX_TURNS: per-turn random counters are row * _TURN_KEY + turn
+# Sessions under way at 0 count their random counters from here (input rows stay below 2^40).
+_PRE_G = 1 << 40
+_GRID = 200_000  # quantile grid of the length-biased think time (as Seconds.realized_mean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,7 +611,9 @@ def _shape_for(shapes: Mapping[str, SessionShape], app: str) -> SessionShape:
 # ---------------------------------------------------------------------------------------------
 # Counter-based randomness: a draw depends on (seed, stream, row, turn), not on batching.
 
-STREAMS = ("app", "start", "turns", "think", "message", "output", "tool", "system", "client_app")
+STREAMS = ("app", "start", "turns", "think", "message", "output", "tool", "system", "client_app",
+           # sessions under way at 0 (start="steady"); appended so the others keep their keys
+           "pre_count", "pre_app", "pre_gap", "pre_turns", "pre_think", "pre_age")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -701,12 +721,32 @@ def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.Array:
                                     pa.array(values, pa.int64()))
 
 
+@dataclass(frozen=True)
+class _Cols:
+    """The columns of one input batch that sessions are made from."""
+
+    ids: pa.Array
+    g: np.ndarray  # the rows' numbers in the whole input (random counters)
+    arrival: np.ndarray
+    client: np.ndarray
+    clients: list[str]
+    row_app: np.ndarray
+    row_apps: list[str]
+    inp: np.ndarray
+    out: np.ndarray
+    rea: np.ndarray
+    vis: np.ndarray
+    img_len: np.ndarray
+    img_flat: np.ndarray
+    img_off: np.ndarray
+
+
 class _Sessionizer:
     """The state that carries across batches: random keys, block-id counter, system prompts."""
 
     def __init__(self, shapes: Mapping[str, SessionShape], apps: Mapping[str, float] | str | None,
                  app_scope: str, rate_of: str, block_tokens: int, seed: int,
-                 duration_s: float | None) -> None:
+                 duration_s: float | None, start: str = "steady") -> None:
         if not shapes:
             raise UserError("no session shapes given")
         for name, shape in shapes.items():
@@ -716,6 +756,8 @@ class _Sessionizer:
             raise UserError(f"--app-scope {app_scope!r}: use one of {', '.join(APP_SCOPES)}")
         if rate_of not in RATE_OF:
             raise UserError(f"--session-rate {rate_of!r}: use one of {', '.join(RATE_OF)}")
+        if start not in STARTS:
+            raise UserError(f"--session-start {start!r}: use one of {', '.join(STARTS)}")
         if isinstance(block_tokens, bool) or not isinstance(block_tokens, int | np.integer) \
                 or block_tokens < 1:
             raise UserError(f"block_tokens {block_tokens!r} must be a whole number >= 1")
@@ -727,6 +769,8 @@ class _Sessionizer:
         self.app_scope, self.rate_of = app_scope, rate_of
         self.block = int(block_tokens)
         self.duration_s = duration_s
+        self.window_cap = min(STEADY_WINDOW_S, math.inf if duration_s is None else duration_s)
+        self.gaps: dict[Seconds, tuple[np.ndarray, float]] = {}
         self.keys = _stream_keys(seed)
         self.next_block = 0
         self.rows_seen = 0
@@ -774,6 +818,24 @@ class _Sessionizer:
 
     # -- one batch ------------------------------------------------------------------------------
 
+    def _columns(self, table: pa.Table, g0: int) -> _Cols:
+        arrival = table["arrival_s"].to_numpy().astype(np.float64)
+        client, clients = _codes(table["client_id"])
+        row_app, row_apps = _codes(table["app"])
+        out = table["output_tokens"].to_numpy().astype(np.int64)
+        rea = np.clip(table["reasoning_tokens"].to_numpy().astype(np.int64), 0, None)
+        img_col = table["image_tokens"].combine_chunks()
+        img_len = np.nan_to_num(pc.list_value_length(img_col).to_numpy(zero_copy_only=False)
+                                .astype(np.float64)).astype(np.int64)
+        return _Cols(
+            ids=table["request_id"].combine_chunks(),
+            g=np.arange(g0, g0 + table.num_rows, dtype=np.int64), arrival=arrival,
+            client=client, clients=clients, row_app=row_app, row_apps=row_apps,
+            inp=table["input_tokens"].to_numpy().astype(np.int64), out=out, rea=rea,
+            vis=np.clip(out - rea, 0, None), img_len=img_len,
+            img_flat=pc.list_flatten(img_col).to_numpy(zero_copy_only=False).astype(np.int64),
+            img_off=np.cumsum(img_len) - img_len)
+
     def run(self, table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """Sessions started by the rows of ``table``: (rows, start row number, turn index), not
         yet sorted; the last two break ties in the arrival order."""
@@ -782,63 +844,155 @@ class _Sessionizer:
         g0 = self.rows_seen
         self.rows_seen += n
         if n == 0:
-            return WORKLOAD_SCHEMA.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return _no_rows()
         if n_follow := int(np.count_nonzero(table["turn"].to_numpy() > 0)):
             raise UserError(f"the workload already has sessions ({n_follow} follow-up turns); "
                             "sessions are made from single-turn workloads")
-        arrival = table["arrival_s"].to_numpy().astype(np.float64)
-        g = np.arange(g0, g0 + n, dtype=np.int64)
-        client, clients = _codes(table["client_id"])
-        row_app, row_apps = _codes(table["app"])
-        inp = table["input_tokens"].to_numpy().astype(np.int64)
-        out = table["output_tokens"].to_numpy().astype(np.int64)
-        rea = np.clip(table["reasoning_tokens"].to_numpy().astype(np.int64), 0, None)
-        vis = np.clip(out - rea, 0, None)
-        img_col = table["image_tokens"].combine_chunks()
-        img_len = np.nan_to_num(pc.list_value_length(img_col).to_numpy(zero_copy_only=False)
-                                .astype(np.float64)).astype(np.int64)
-        img_flat = pc.list_flatten(img_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        img_off = np.cumsum(img_len) - img_len
-
-        app, names = self._apps(g, client, clients, row_app, row_apps)
+        c = self._columns(table, g0)
+        app, names = self._apps(c.g, c.client, c.clients, c.row_app, c.row_apps)
         shapes = [_shape_for(self.shapes, a) for a in names]
-        kind = np.array([KINDS.index(s.kind) for s in shapes], dtype=np.int64)
 
         # Starts: independent thinning keeps the request rate (E[turns] requests per start).
         if self.rate_of == "requests":
             p = 1.0 / np.array([s.mean_turns for s in shapes])[app]
-            starts = np.flatnonzero(_uniform(self.keys["start"], g) < p)
+            starts = np.flatnonzero(_uniform(self.keys["start"], c.g) < p)
         else:
             starts = np.arange(n)
         s_app = app[starts]
-        s_g = g[starts]
+        s_g = c.g[starts]
         n_turns = np.ones(len(starts), dtype=np.int64)
         u_turns = _uniform(self.keys["turns"], s_g)
         for a in np.unique(s_app):
             sel = s_app == a
             n_turns[sel] = np.searchsorted(shapes[a].cdf, u_turns[sel], side="right") + 1
+        zero = np.zeros(len(starts), dtype=np.int64)
+        return self._sessions(c, names, shapes, starts, s_app, s_g, n_turns, skip=zero,
+                              at=c.arrival[starts], gap=np.zeros(len(starts)), tag=zero - 1)
 
-        # One entry per planned turn, sessions in row order.
-        sess = np.repeat(np.arange(len(starts)), n_turns)
+    # -- sessions under way at time 0 (start="steady") -----------------------------------------
+
+    def _gap_table(self, think: Seconds) -> tuple[np.ndarray, float]:
+        """(cumulative weights of the length-biased think time over a quantile grid, the mean
+        think time on that grid)."""
+        if think not in self.gaps:
+            x = think.quantile((np.arange(_GRID) + 0.5) / _GRID)
+            total = float(x.sum())
+            cum = np.cumsum(x) / total if total > 0 else np.zeros(_GRID)
+            cum[-1] = 1.0
+            self.gaps[think] = (cum, total / _GRID)
+        return self.gaps[think]
+
+    def _busy_s(self, shape: SessionShape) -> float:
+        """Sessions of ``shape`` under way at any time, per input request per second: the
+        session-start rate per request times the mean span (Little's law)."""
+        per_request = 1.0 / shape.mean_turns if self.rate_of == "requests" else 1.0
+        return per_request * (shape.mean_turns - 1.0) * self._gap_table(shape.think_s)[1]
+
+    def _length_biased(self, think: Seconds, u: np.ndarray) -> np.ndarray:
+        """Think times drawn with density ∝ x·f(x): the gap a fixed instant falls into."""
+        cum, _ = self._gap_table(think)
+        j = np.minimum(np.searchsorted(cum, u, side="right"), _GRID - 1)
+        lo = np.where(j > 0, cum[np.maximum(j - 1, 0)], 0.0)
+        width = cum[j] - lo
+        frac = np.divide(u - lo, width, out=np.full(len(u), 0.5), where=width > 0)
+        q = np.minimum((j + np.clip(frac, 0.0, 1.0)) / _GRID, np.nextafter(1.0, 0.0))
+        return think.quantile(q)
+
+    def prior(self, table: pa.Table, window_s: float) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The turns at or after 0 of sessions that started before 0, in the stationary state of
+        a session-start process with the mean rate of ``table`` (the input's rows before
+        ``window_s``, the first rows of the input). See "Steady start" in the module doc."""
+        table = conform_workload(table, "sessionize")
+        n = table.num_rows
+        if n == 0 or not window_s > 0:
+            return _no_rows()
+        c = self._columns(table, 0)
+        mix = self.mix if self.app_scope == "session" else None
+        mixed = mix is not None
+        if mix is not None:  # each session draws its app: weigh the mix by how long they last
+            names = list(mix)
+            shapes = [_shape_for(self.shapes, a) for a in names]
+            share = np.array(list(mix.values()), dtype=np.float64)
+            busy = share / share.sum() * np.array([self._busy_s(s) for s in shapes])
+            lam = np.full(n, busy.sum() / window_s)
+        else:
+            app, names = self._apps(c.g, c.client, c.clients, c.row_app, c.row_apps)
+            shapes = [_shape_for(self.shapes, a) for a in names]
+            busy = np.array([self._busy_s(s) for s in shapes])
+            lam = busy[app] / window_s
+        # Each row stands for Poisson(lam) sessions under way (its client, its first message).
+        count = np.zeros(n, dtype=np.int64)
+        pos = lam > 0
+        u = _uniform(self.keys["pre_count"], c.g[pos])
+        count[pos] = np.maximum(poisson.ppf(u, lam[pos]), 0).astype(np.int64)
+        total = int(count.sum())
+        if total == 0:
+            return _no_rows()
+        s_row = np.repeat(np.arange(n), count)
+        tag = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+        s_g = _PRE_G + np.arange(total, dtype=np.int64)  # counters apart from the input rows'
+        if mixed:
+            s_app = self._draw(dict(zip(names, busy, strict=True)),
+                               _uniform(self.keys["pre_app"], s_g))
+        else:
+            s_app = app[s_row]
+        # Where 0 falls in the session: in the gap before turn k (k >= 1) with probability
+        # ∝ P(T > k); that gap is length-biased, 0 uniform in it; T given T > k.
+        skip = np.zeros(total, dtype=np.int64)
+        n_turns = np.zeros(total, dtype=np.int64)
+        gap = np.zeros(total)
+        u_gap, u_turns = _uniform(self.keys["pre_gap"], s_g), _uniform(self.keys["pre_turns"], s_g)
+        u_think = _uniform(self.keys["pre_think"], s_g)
+        for a in np.unique(s_app):
+            sel = s_app == a
+            cdf = shapes[a].cdf
+            w = np.cumsum(1.0 - cdf[:-1])
+            k = np.minimum(np.searchsorted(w / w[-1], u_gap[sel], side="right"), MAX_TURNS - 2) + 1
+            lo = cdf[k - 1]
+            t = np.searchsorted(cdf, lo + u_turns[sel] * (1.0 - lo), side="right") + 1
+            skip[sel], n_turns[sel] = k, np.clip(t, k + 1, MAX_TURNS)
+            gap[sel] = self._length_biased(shapes[a].think_s, u_think[sel])
+        at = _uniform(self.keys["pre_age"], s_g) * gap
+        if self.duration_s is not None:  # next turn after the end: nothing of it is kept
+            live = np.flatnonzero(at < self.duration_s)
+            s_row, s_app, s_g, n_turns, skip, at, gap, tag = (
+                x[live] for x in (s_row, s_app, s_g, n_turns, skip, at, gap, tag))
+        return self._sessions(c, names, shapes, s_row, s_app, s_g, n_turns, skip=skip, at=at,
+                              gap=gap, tag=tag)
+
+    # -- turns of sessions ----------------------------------------------------------------------
+
+    def _sessions(self, c: _Cols, names: list[str], shapes: list[SessionShape],
+                  s_row: np.ndarray, s_app: np.ndarray, s_g: np.ndarray, n_turns: np.ndarray, *,
+                  skip: np.ndarray, at: np.ndarray, gap: np.ndarray, tag: np.ndarray
+                  ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The rows of sessions: session ``i`` has the client and first message of batch row
+        ``s_row[i]``, app ``s_app[i]``, ``n_turns[i]`` turns and random counter ``s_g[i]``.
+        Turns before ``skip[i]`` are history only (not in the result); turn ``skip[i]`` is due
+        at ``at[i]`` (after a think time ``gap[i]`` when skip > 0). ``tag[i] >= 0`` names a
+        session under way at 0 (ids ``<row id>.p<tag>.t<k>``)."""
+        kind = np.array([KINDS.index(s.kind) for s in shapes], dtype=np.int64)
+        # One entry per planned turn, sessions in order.
+        sess = np.repeat(np.arange(len(s_row)), n_turns)
         k = np.arange(len(sess), dtype=np.int64) - np.repeat(np.cumsum(n_turns) - n_turns,
                                                             n_turns)
-        row0 = starts[sess]
-        t_app = app[row0]
+        row0 = s_row[sess]
+        t_app = s_app[sess]
         t_kind = kind[t_app]
-        t_client = client[row0]
-        counter = g[row0].astype(np.uint64) * np.uint64(_TURN_KEY) + k.astype(np.uint64)
+        t_client = c.client[row0]
+        counter = s_g[sess].astype(np.uint64) * np.uint64(_TURN_KEY) + k.astype(np.uint64)
         follow = k > 0
 
         # Bootstrap pools: the rows of each client in this batch.
-        by_client = np.argsort(client, kind="stable")
-        pool_size = np.bincount(client, minlength=len(clients))
+        by_client = np.argsort(c.client, kind="stable")
+        pool_size = np.bincount(c.client, minlength=len(c.clients))
         pool_first = np.cumsum(pool_size) - pool_size
 
         def pick(stream: str, mask: np.ndarray) -> np.ndarray:
-            c = t_client[mask]
-            j = np.floor(_uniform(self.keys[stream], counter[mask]) * pool_size[c]).astype(
+            cl = t_client[mask]
+            j = np.floor(_uniform(self.keys[stream], counter[mask]) * pool_size[cl]).astype(
                 np.int64)
-            return by_client[pool_first[c] + np.minimum(j, pool_size[c] - 1)]
+            return by_client[pool_first[cl] + np.minimum(j, pool_size[cl] - 1)]
 
         out_row = row0.copy()
         out_row[follow] = pick("output", follow)
@@ -848,7 +1002,7 @@ class _Sessionizer:
 
         added = np.zeros(len(k), dtype=np.int64)  # the new message or tool result
         has_msg = msg_row >= 0
-        added[has_msg] = inp[msg_row[has_msg]]
+        added[has_msg] = c.inp[msg_row[has_msg]]
         think = np.zeros(len(k))
         agent_follow = follow & (t_kind == KINDS.index("agent"))
         u_think = _uniform(self.keys["think"], counter[follow])
@@ -864,7 +1018,10 @@ class _Sessionizer:
                 tool_a[sel] = _length_quantile(shapes[a].tool_result_tokens, u_tool[sel])
         think[follow] = think_f
         added[agent_follow] = tool_a
-        arr = _chain(arrival[row0], think, k)
+        t_skip = skip[sess]
+        resumed = follow & (k == t_skip)  # the first turn at or after 0 of a session under way
+        think[resumed] = gap[sess[resumed]]
+        arr = _chain(at[sess], think, np.maximum(k - t_skip, 0))
 
         # System prompts per (client, app) pair.
         pair = t_client * len(names) + t_app
@@ -872,15 +1029,15 @@ class _Sessionizer:
         sys_base = np.zeros(len(k), dtype=np.int64)
         sys_full = np.zeros(len(k), dtype=np.int64)
         for pr in np.unique(pair):
-            c, a = divmod(int(pr), len(names))
-            tok, base, full = self._system_of(clients[c], names[a], shapes[a])
+            cl, a = divmod(int(pr), len(names))
+            tok, base, full = self._system_of(c.clients[cl], names[a], shapes[a])
             sel = pair == pr
             sys_tok[sel], sys_base[sel], sys_full[sel] = tok, base, full
         limit = np.array([s.max_context_tokens for s in shapes], dtype=np.int64)[t_app]
 
         # Context growth; a turn that would exceed the limit opens a fresh session instead.
         vis_prev = np.zeros(len(k), dtype=np.int64)
-        vis_prev[1:] = vis[out_row[:-1]]
+        vis_prev[1:] = c.vis[out_row[:-1]]
         seg = ~follow
         ctx = _seg_cumsum(np.where(seg, sys_tok + added, vis_prev + added), seg)
         todo = np.arange(len(k))  # turns of the sessions that may still be cut
@@ -894,69 +1051,95 @@ class _Sessionizer:
             sub = seg[todo]
             ctx[todo] = _seg_cumsum(np.where(sub, sys_tok[todo] + added[todo],
                                              vis_prev[todo] + added[todo]), sub)
+        # Segments (sessions after cuts) over all turns, history included: turn numbers,
+        # session ids and the images already sent come from there.
+        seg_of = np.cumsum(seg) - 1
+        seg_first = np.flatnonzero(seg)
+        turn_all = np.arange(len(k)) - seg_first[seg_of]
+        new_len = np.where(has_msg, c.img_len[np.maximum(msg_row, 0)], 0)
+        new_end = np.cumsum(new_len)
+        img_start = (new_end - new_len)[seg_first][seg_of]
 
+        keep = k >= t_skip
         if self.duration_s is not None:
-            keep = arr < self.duration_s
-            (sess, k, row0, t_app, t_client, out_row, msg_row, think, arr, ctx, seg, sys_base,
-             sys_full) = (x[keep] for x in (sess, k, row0, t_app, t_client, out_row, msg_row,
-                                            think, arr, ctx, seg, sys_base, sys_full))
-        m = len(k)
+            keep &= arr < self.duration_s
+        idx = np.flatnonzero(keep)
+        m = len(idx)
         if m == 0:
-            return WORKLOAD_SCHEMA.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        seg_id = np.cumsum(seg) - 1
-        first = np.flatnonzero(seg)
+            return _no_rows()
+        label = seg_of[idx]
+        kseg = np.ones(m, dtype=bool)
+        kseg[1:] = label[1:] != label[:-1]  # kept turns of a segment are contiguous
+        seg_id = np.cumsum(kseg) - 1
+        first = np.flatnonzero(kseg)
         last = np.append(first[1:] - 1, m - 1)
 
         # Prefix blocks: [system blocks][this session's blocks][a partial block of its own].
         b = self.block
-        full = ctx // b
-        part = (ctx % b != 0).astype(np.int64)
-        own = np.maximum(full[last] - sys_full[first], 0)
+        ctx_k, sys_full_k = ctx[idx], sys_full[idx]
+        full = ctx_k // b
+        part = (ctx_k % b != 0).astype(np.int64)
+        own = np.maximum(full[last] - sys_full_k[first], 0)
         seg_base = self.next_block + np.cumsum(own) - own
         self.next_block += int(own.sum())
         part_id = self.next_block + np.cumsum(part) - part
         self.next_block += int(part.sum())
-        lengths3 = np.stack([sys_full, full - sys_full, part], axis=1).ravel()
-        starts3 = np.stack([sys_base, seg_base[seg_id], part_id], axis=1).ravel()
+        lengths3 = np.stack([sys_full_k, full - sys_full_k, part], axis=1).ravel()
+        starts3 = np.stack([sys_base[idx], seg_base[seg_id], part_id], axis=1).ravel()
         blocks = _list_array(full + part, _runs(starts3, lengths3))
 
         # Images: every image sent so far in the session (the history is re-sent).
-        has_msg = msg_row >= 0
-        new_len = np.where(has_msg, img_len[np.maximum(msg_row, 0)], 0)
-        if new_len.any():
-            new_flat = img_flat[_runs(img_off[np.maximum(msg_row, 0)], new_len)]
-            new_end = np.cumsum(new_len)
-            seg_img_start = (new_end - new_len)[first][seg_id]
-            images = _list_array(new_end - seg_img_start,
-                                 new_flat[_runs(seg_img_start, new_end - seg_img_start)])
+        i_start, i_len = img_start[idx], new_end[idx] - img_start[idx]
+        if i_len.any():
+            new_flat = c.img_flat[_runs(c.img_off[np.maximum(msg_row, 0)], new_len)]
+            images = _list_array(i_len, new_flat[_runs(i_start, i_len)])
         else:
             images = _list_array(np.zeros(m, np.int64), np.zeros(0, np.int64))
 
-        ids = table["request_id"].combine_chunks()
-        base_id = ids.take(pa.array(row0))
-        rid = pc.if_else(pa.array(k == 0), base_id,
-                         pc.binary_join_element_wise(base_id, pa.array(k).cast(pa.string()),
-                                                     ".t"))
-        turn = (np.arange(m) - first[seg_id]).astype(np.int32)
+        stem = c.ids.take(pa.array(s_row))
+        if (tag >= 0).any():
+            stem = pc.if_else(pa.array(tag >= 0), pc.binary_join_element_wise(
+                stem, pa.array(np.maximum(tag, 0)).cast(pa.string()), ".p"), stem)
+
+        def rid_of(i: np.ndarray) -> pa.Array:
+            st = stem.take(pa.array(sess[i]))
+            return pc.if_else(pa.array(k[i] == 0), st, pc.binary_join_element_wise(
+                st, pa.array(k[i]).cast(pa.string()), ".t"))
+
+        rid = rid_of(idx)
+        # A session's id is its first turn's, which may be history (not kept).
+        sid = (rid.take(pa.array(first[seg_id])) if m == len(k)
+               else rid_of(seg_first[label]))
+        out_k = out_row[idx]
         cols = [
             rid,
-            pa.array(arr, pa.float64()),
-            pa.DictionaryArray.from_arrays(pa.array(t_client.astype(np.int32)),
-                                           pa.array(clients, pa.string())).cast(pa.string()),
-            pa.DictionaryArray.from_arrays(pa.array(t_app.astype(np.int32)),
+            pa.array(arr[idx], pa.float64()),
+            pa.DictionaryArray.from_arrays(pa.array(t_client[idx].astype(np.int32)),
+                                           pa.array(c.clients, pa.string())).cast(pa.string()),
+            pa.DictionaryArray.from_arrays(pa.array(t_app[idx].astype(np.int32)),
                                            pa.array(names, pa.string())).cast(pa.string()),
-            rid.take(pa.array(first[seg_id])),
-            pa.array(turn, pa.int32()),
-            pa.array(np.where(seg, 0.0, think), pa.float64()),
-            pa.array(ctx, pa.int64()),
-            pa.array(out[out_row], pa.int64()),
-            pa.array(rea[out_row], pa.int64()),
+            sid,
+            pa.array(turn_all[idx], pa.int32()),
+            pa.array(np.where(seg[idx], 0.0, think[idx]), pa.float64()),
+            pa.array(ctx_k, pa.int64()),
+            pa.array(c.out[out_k], pa.int64()),
+            pa.array(c.rea[out_k], pa.int64()),
             blocks,
             images,
             pa.nulls(m, pa.string()),
         ]
         rows = pa.Table.from_arrays(cols, schema=WORKLOAD_SCHEMA)
-        return rows, g[row0], k
+        return rows, s_g[sess[idx]], k[idx]
+
+
+def _no_rows() -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    return WORKLOAD_SCHEMA.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def _window_end(cap: float, duration_s: float | None, last: float) -> float:
+    """The end of the input window whose rate the sessions under way at 0 follow: ``cap``, or
+    the last arrival when the input ends before it and no duration says otherwise."""
+    return cap if duration_s is not None or last >= cap else last
 
 
 def _sorted(rows: pa.Table, start: np.ndarray, k: np.ndarray) -> tuple[pa.Table, np.ndarray,
@@ -970,21 +1153,32 @@ def _sorted(rows: pa.Table, start: np.ndarray, k: np.ndarray) -> tuple[pa.Table,
 def sessionize(table: pa.Table, *, shapes: Mapping[str, SessionShape] = DEFAULT_SHAPES,
                apps: Mapping[str, float] | str | None = None, app_scope: str = "session",
                rate_of: str = "requests", block_tokens: int = DEFAULT_BLOCK_TOKENS,
-               seed: int = 0, duration_s: float | None = None) -> pa.Table:
+               seed: int = 0, duration_s: float | None = None,
+               start: str = "steady") -> pa.Table:
     """Sessions from a single-turn Workload table (see the module doc), sorted by arrival.
 
     ``apps``: an app mix (``{"chatbot": 0.7, "coding": 0.3}`` or ``"chatbot:0.7,coding:0.3"``;
     with ``rate_of="requests"`` it is the share of requests per app) or None to keep each row's
     app. ``app_scope``: ``"session"`` (each session draws its app) or ``"client"`` (each client
     gets one app, drawn once; from the table's own app shares when ``apps`` is None).
-    ``duration_s``: drop turns due at or after it (None keeps all).
+    ``duration_s``: drop turns due at or after it (None keeps all). ``start``: ``"steady"``
+    (sessions already under way at 0, as in a system that has run for long) or ``"empty"``
+    (no session before 0: the request rate builds up over the first minutes).
     """
-    sz = _Sessionizer(shapes, apps, app_scope, rate_of, block_tokens, seed, duration_s)
-    rows = _sorted(*sz.run(table))[0]
+    sz = _Sessionizer(shapes, apps, app_scope, rate_of, block_tokens, seed, duration_s, start)
+    rows, first, k = sz.run(table)
+    if start == "steady" and table.num_rows:
+        arrival = table["arrival_s"].to_numpy()
+        end = _window_end(sz.window_cap, duration_s, float(arrival.max()))
+        p_rows, p_first, p_k = sz.prior(table.filter(pa.array(arrival < end)), end)
+        rows, first, k = (pa.concat_tables([rows, p_rows]), np.concatenate([first, p_first]),
+                          np.concatenate([k, p_k]))
+    rows = _sorted(rows, first, k)[0]
     ids = rows["request_id"]
     if pc.count_distinct(ids).as_py() != rows.num_rows:
         raise UserError("sessionize: request ids are not unique (the workload's ids repeat, or "
-                        "look like '<id>.t<k>'); give each request its own id")
+                        "look like '<id>.t<k>' or '<id>.p<j>.t<k>'); give each request its own "
+                        "id")
     return conform_workload(rows, "sessionized workload")
 
 
@@ -992,22 +1186,34 @@ def iter_sessionized(batches: Iterable[pa.RecordBatch | pa.Table], *,
                      shapes: Mapping[str, SessionShape] = DEFAULT_SHAPES,
                      apps: Mapping[str, float] | str | None = None, app_scope: str = "session",
                      rate_of: str = "requests", block_tokens: int = DEFAULT_BLOCK_TOKENS,
-                     seed: int = 0, duration_s: float | None = None
+                     seed: int = 0, duration_s: float | None = None, start: str = "steady"
                      ) -> Iterator[pa.RecordBatch]:
     """:func:`sessionize` for a stream of batches in arrival order: yields batches in arrival
-    order, holding back follow-up turns until no later input can come before them.
+    order, holding back follow-up turns until no later input can come before them (with
+    ``start="steady"``, everything until the input has passed the window that the sessions
+    under way at 0 are drawn from: the first ``min(STEADY_WINDOW_S, duration_s)`` seconds).
 
     The rows equal those of ``sessionize`` on the concatenated table, except that follow-up
-    lengths are bootstrapped from the client's rows in the same input batch, block ids are
-    numbered in the order batches are processed (the same blocks, other numbers), and with
-    ``app_scope="client"`` and no ``apps`` a client's app is drawn from the app shares of the
-    batch it first appears in.
+    lengths are bootstrapped from the client's rows in the same input batch (for sessions
+    under way at 0: in the window, as ``sessionize`` does), block ids are numbered in the order
+    batches are processed (the same blocks, other numbers), and with ``app_scope="client"`` and
+    no ``apps`` a client's app is drawn from the app shares of the batch it first appears in.
     """
-    sz = _Sessionizer(shapes, apps, app_scope, rate_of, block_tokens, seed, duration_s)
+    sz = _Sessionizer(shapes, apps, app_scope, rate_of, block_tokens, seed, duration_s, start)
     held = WORKLOAD_SCHEMA.empty_table()
     held_start = np.zeros(0, np.int64)
     held_k = np.zeros(0, np.int64)
+    window: list[pa.Table] = []  # the input's first rows, for the sessions under way at 0
+    pending = start == "steady"  # those sessions are still to come: nothing can be yielded
+    cap = sz.window_cap
     last = -math.inf
+
+    def hold(rows: pa.Table, first: np.ndarray, k: np.ndarray) -> None:
+        nonlocal held, held_start, held_k
+        held, held_start, held_k = _sorted(pa.concat_tables([held, rows]),
+                                           np.concatenate([held_start, first]),
+                                           np.concatenate([held_k, k]))
+
     for batch in batches:
         t = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         if t.num_rows == 0:
@@ -1016,15 +1222,22 @@ def iter_sessionized(batches: Iterable[pa.RecordBatch | pa.Table], *,
         if arrival[0] < last or np.any(np.diff(arrival) < 0):
             raise UserError("iter_sessionized: batches must come in arrival order")
         last = float(arrival[-1])
-        rows, start, k = sz.run(t)
-        held, held_start, held_k = _sorted(pa.concat_tables([held, rows]),
-                                           np.concatenate([held_start, start]),
-                                           np.concatenate([held_k, k]))
+        hold(*sz.run(t))
+        if pending:
+            window.append(t.slice(0, int(np.searchsorted(arrival, cap, side="left"))))
+            if last < cap:
+                continue
+            hold(*sz.prior(pa.concat_tables(window), cap))
+            pending, window = False, []
         # Later input arrives at or after `last`, and so do its sessions' turns.
         n_out = int(np.searchsorted(held["arrival_s"].to_numpy(), last, side="right"))
         if n_out:
             yield held.slice(0, n_out).combine_chunks().to_batches()[0]
             held, held_start, held_k = held.slice(n_out), held_start[n_out:], held_k[n_out:]
+    if pending and sz.rows_seen:
+        w = pa.concat_tables(window)
+        end = _window_end(cap, duration_s, last)
+        hold(*sz.prior(w.filter(pc.less(w["arrival_s"], end)), end))
     if held.num_rows:
         yield held.combine_chunks().to_batches()[0]
 
