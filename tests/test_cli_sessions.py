@@ -56,8 +56,29 @@ def test_generate_profile_with_sessions_then_inspect(tmp_path):
     turn = t["turn"].to_numpy()
     assert (turn > 0).mean() > 0.3
     prev, _ = session_links(t)
-    assert ((prev >= 0) == (turn > 0)).all()
+    # a steady start (the default): sessions under way at 0 have follow-ups with no turn before
+    # them in the table (their earlier turns came before 0); every other follow-up links up
+    resumed = (prev < 0) & (turn > 0)
+    assert ((prev >= 0) <= (turn > 0)).all() and resumed.sum() > 100
+    assert pc.match_substring(t.filter(resumed)["request_id"], ".p").to_numpy(
+        zero_copy_only=False).all()
     assert (pc.list_value_length(t["prefix_blocks"]).to_numpy() > 0).all()
+    # ... so the rate is steady from the start (the first minute vs the mean minute, ~11k
+    # requests a minute); with an empty start the first minute has about half
+    per_minute = np.bincount((arrival // 60).astype(int), minlength=10)
+    assert abs(per_minute[0] / per_minute.mean() - 1) < 0.1, per_minute
+    assert "follow-ups build up" not in proc.stdout
+
+    proc = slobench("generate", "--profile", "language", "--sessions", "auto", "-d", "10min",
+                    "--session-start", "empty", "-o", "y.parquet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "empty start" in proc.stdout and "follow-ups build up" in proc.stdout
+    y = pq.read_table(tmp_path / "y.parquet")
+    prev, _ = session_links(y)
+    assert ((prev >= 0) == (y["turn"].to_numpy() > 0)).all()
+    empty_minute = np.bincount((y["arrival_s"].to_numpy() // 60).astype(int), minlength=10)
+    assert empty_minute[0] < 0.7 * empty_minute[5:].mean()
+    assert y.num_rows < 0.95 * t.num_rows
 
     proc = slobench("workload", "inspect", "x.parquet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -117,6 +138,8 @@ def test_a_bad_shape_file_is_one_line_without_traceback(tmp_path):
     (["--sessions", "sometimes"], ["--sessions 'sometimes'"]),
     (["--session-rate", "sessions"], ["--session-rate", "need --sessions"]),
     (["--app-scope", "client"], ["--app-scope", "need --sessions"]),
+    (["--session-start", "empty"], ["--session-start", "need --sessions"]),
+    (["--sessions", "auto", "--session-start", "warm"], ["--session-start 'warm'"]),
     (["--sessions", "auto", "--session-rate", "users"], ["--session-rate 'users'"]),
     (["--sessions", "auto", "--app-scope", "world"], ["--app-scope 'world'"]),
     (["--profile", "language", "--apps", "coding"], ["--apps", "--sessions"]),
@@ -152,13 +175,27 @@ def test_run_with_sessions_sends_follow_ups_and_records_the_options(tmp_path, sc
                     "chatbot", "--rate", "10", "-d", "2s", "--input-tokens", "64",
                     "--output-tokens", "8", "--out", "runs", "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (run,) = list((tmp_path / "runs").iterdir())
+    (run,) = list((tmp_path / "runs").iterdir())  # before the second run below
     manifest = json.loads((run / "manifest.json").read_text())
     assert find(manifest, "sessions") == "file:shapes.json"
     assert find(manifest, "session_rate") == "requests"
-    assert find(manifest, "session_steady_after_s") == pytest.approx(0.1)  # ages 0, .1, .2 s
+    assert find(manifest, "session_start") == "steady"
+    assert find(manifest, "session_steady_after_s") == 0.0  # sessions under way at 0
+    assert find(manifest, "session_mean_age_s") == pytest.approx(0.1)  # ages 0, .1, .2 s
+    assert "build up" not in proc.stderr
     ids = pq.read_table(run / "records.parquet")["request_id"].to_pylist()
     assert any(i.endswith(".t1") for i in ids) and any(i.endswith(".t2") for i in ids)
+
+    # An empty start: the rate builds up, and the run says so (no --warmup given).
+    proc = slobench("run", "--target", url, "--sessions", "file:shapes.json", "--apps",
+                    "chatbot", "--rate", "10", "-d", "2s", "--input-tokens", "64",
+                    "--output-tokens", "8", "--session-start", "empty", "--out", "runs",
+                    "--run-id", "empty", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "runs" / "empty" / "manifest.json").read_text())
+    assert find(manifest, "session_start") == "empty"
+    assert find(manifest, "session_steady_after_s") == pytest.approx(0.1)
+    assert "follow-up turns build up" in proc.stderr and "--warmup 1s" in proc.stderr
 
     proc = slobench("run", "--target", url, "--profile", "language", "--apps", "coding",
                     "-d", "1s", cwd=tmp_path)

@@ -17,13 +17,20 @@ from rich.table import Table
 
 from slobench.cli.main import app, user_errors
 from slobench.cli.options import (
+    DATASET_PANEL,
     DEFAULT_APPS,
     SESSIONS_PANEL,
     app_scope_option,
     apply_sessions,
+    dataset_format_option,
+    dataset_notes,
+    dataset_option,
+    dataset_table,
     session_options,
     session_rate_option,
+    session_start_option,
     sessions_option,
+    single_turn_option,
 )
 from slobench.errors import UserError
 from slobench.report.terminal import console
@@ -49,7 +56,7 @@ from slobench.workload.sessions import (
 )
 from slobench.workload.synthetic import parse_app_mix, synthetic_workload
 
-SOURCE = "Source (one of --profile, --pool, or the synthetic options)"
+SOURCE = "Source (one of --profile, --pool, --dataset, or the synthetic options)"
 POOL = "Profile and pool options"
 SYNTH = "Synthetic options (no --profile or --pool)"
 
@@ -107,9 +114,10 @@ def _pcts(values: np.ndarray) -> str:
 
 
 def summary_table(path: Path, source: str,
-                  shapes: Mapping[str, SessionShape] | None = None) -> Table:
-    """A short summary of a Workload Parquet file (fits 100 columns); ``shapes``: the session
-    shapes it was made with (for the start-up transient)."""
+                  shapes: Mapping[str, SessionShape] | None = None,
+                  start: str = "steady") -> Table:
+    """A short summary of a Workload Parquet file (fits 100 columns); ``shapes`` and
+    ``start``: the session shapes and start it was made with (for the start-up transient)."""
     t = pq.read_table(path, columns=["arrival_s", "client_id", "app", "session_id", "turn",
                                      "input_tokens", "output_tokens", "reasoning_tokens",
                                      "image_tokens"])
@@ -137,7 +145,7 @@ def summary_table(path: Path, source: str,
         table.add_row("images/request", f"{images.mean():.2f} (max {images.max()})")
     if (sessions := session_summary(t)) is not None:
         steady = ""
-        if shapes is not None:
+        if shapes is not None and start == "empty":  # a steady start has no transient
             steady_s = steady_after_s(shapes, pc.unique(t["app"]).to_pylist())
             steady = (f"; follow-ups build up over the first ~{steady_s:,.0f} s "
                       "(run --warmup)")
@@ -167,7 +175,8 @@ def generate(
     rate: str = typer.Option(None, "--rate", "-r", help="Aggregate req/s. Profile/pool: trace "
                              "(default), trace*2, peak:50, file:rates.csv, 10, ramp:1..20/60s, "
                              "step:2+2/30s..20. Synthetic: default 10.", rich_help_panel=SOURCE),
-    duration: str = typer.Option("1h", "--duration", "-d", help="Span of the workload.",
+    duration: str = typer.Option(None, "--duration", "-d", help="Span of the workload "
+                                 "(default 1h; --dataset: the whole dataset).",
                                  rich_help_panel=SOURCE),
     seed: int = typer.Option(0, "--seed", help="Random seed.", rich_help_panel=SOURCE),
     mode: str = typer.Option(None, "--mode", help="Arrivals: renewal (default; each client's "
@@ -207,24 +216,63 @@ def generate(
     sessions: str = sessions_option(),
     session_rate: str = session_rate_option(),
     app_scope: str = app_scope_option(),
+    session_start: str = session_start_option(),
     block_tokens: int = typer.Option(None, "--prefix-block-tokens", help="Tokens per prefix "
                                      "block of the sessions' prompts (default 512, as Mooncake; "
                                      "give run/simulate the same).", min=1,
                                      rich_help_panel=SESSIONS_PANEL),
+    dataset: Path = dataset_option(),
+    dataset_format: str = dataset_format_option(),
+    requests: int = typer.Option(None, "--requests", "-n", help="Stop after this many requests "
+                                 "(the last session is cut short to fit).",
+                                 rich_help_panel=DATASET_PANEL),
+    single_turn: bool = single_turn_option(),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Count the dataset's tokens as the "
+                                  "server does: a tokenizer.json (or its folder), a Hugging Face"
+                                  " model id in the local cache, or builtin (default).",
+                                  rich_help_panel=DATASET_PANEL),
+    endpoint: str = typer.Option(None, "--endpoint", help="Count contexts as chat messages "
+                                 "(chat, default) or as completions text, as `run --endpoint`.",
+                                 rich_help_panel=DATASET_PANEL),
+    think_time: str = typer.Option(None, "--think-time", help="Pause between a session's turns "
+                                   "(default 0s: the next turn goes out when the answer is "
+                                   "complete).", rich_help_panel=DATASET_PANEL),
+    max_context: int = typer.Option(None, "--max-context-tokens", help="End a session before "
+                                    "a turn whose input + output would exceed this.",
+                                    rich_help_panel=DATASET_PANEL),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
-    """Write a Workload Parquet file from a built-in profile, a ServeGen pool, or synthetic
-    options, and print a short summary."""
-    duration_s = float(parse_duration(duration, "--duration", allow_zero=False) or 0.0)
+    """Write a Workload Parquet file from a built-in profile, a ServeGen pool, a dataset of
+    conversations or prompts, or synthetic options, and print a short summary."""
     out = _check_output(out)
+    dataset_opts = {"--dataset-format": dataset_format, "--requests": requests,
+                    "--single-turn": single_turn or None, "--tokenizer": tokenizer,
+                    "--endpoint": endpoint, "--think-time": think_time,
+                    "--max-context-tokens": max_context}
+    if dataset is not None:
+        _generate_dataset(
+            out, dataset, quiet=quiet, profile=profile, pool=pool, rate=rate, duration=duration,
+            seed=seed, process=process, cv=cv, output_tokens=output_tokens, apps=apps,
+            app_name=app_name, others={
+                "--mode": mode, "--naive": naive or None, "--start": start, "--top-k": top_k,
+                "--correlated": correlated or None, "--input-tokens": input_tokens,
+                "--reasoning-fraction": reasoning_fraction, "--sessions": sessions,
+                "--session-rate": session_rate, "--app-scope": app_scope,
+                "--session-start": session_start, "--prefix-block-tokens": block_tokens},
+            **{k.lstrip("-").replace("-", "_"): v for k, v in dataset_opts.items()})
+        return
+    if used := [k for k, v in dataset_opts.items() if v is not None]:
+        raise UserError(f"{', '.join(used)}: only with --dataset FILE")
+    duration_s = float(parse_duration(duration or "1h", "--duration", allow_zero=False) or 0.0)
     source_pool = _pool(profile, pool, missing)
-    sess = session_options(sessions, session_rate, app_scope)
+    sess = session_options(sessions, session_rate, app_scope, session_start)
     if block_tokens is not None and sess is None:
         raise UserError("--prefix-block-tokens sets the blocks of sessions' prompts; add "
                         "--sessions (auto, chat, agent or file:shapes.toml)")
     block_tokens = block_tokens or DEFAULT_BLOCK_TOKENS
     sess_note = "" if sess is None else (f", sessions {sess['mode']} ({sess['rate_of']} rate, "
-                                         f"app scope {sess['app_scope']})")
+                                         f"app scope {sess['app_scope']}, "
+                                         f"{sess['start']} start)")
     synth_opts = {"--process": process, "--cv": cv, "--input-tokens": input_tokens,
                   "--output-tokens": output_tokens,
                   "--apps": apps if sess is None else None,  # with sessions: the session mix
@@ -296,12 +344,57 @@ def generate(
                 batches = iter_sessionized(
                     batches, shapes=sess["shapes"], apps=parse_app_mix(apps) if apps else None,
                     app_scope=sess["app_scope"], rate_of=sess["rate_of"], seed=seed,
-                    duration_s=duration_s, block_tokens=block_tokens)
+                    duration_s=duration_s, block_tokens=block_tokens, start=sess["start"])
             _write(lambda: write_workload_parquet(batches, out), out)
             source = (f"{name}, rate {rate or 'trace'}, mode {mode or 'renewal'}, seed {seed}"
                       f"{sess_note}")
     if not quiet:
-        console().print(summary_table(out, source, None if sess is None else sess["shapes"]))
+        console().print(summary_table(out, source, None if sess is None else sess["shapes"],
+                                      "steady" if sess is None else sess["start"]))
+
+
+def _generate_dataset(out: Path, dataset: Path, *, quiet: bool, profile: str | None,
+                      pool: Path | None, rate: str | None, duration: str | None, seed: int,
+                      process: str | None, cv: float | None, output_tokens: str | None,
+                      apps: str | None, app_name: str | None, others: dict[str, object],
+                      dataset_format: str | None, requests: int | None,
+                      single_turn: bool | None, tokenizer: str | None, endpoint: str | None,
+                      think_time: str | None, max_context_tokens: int | None) -> None:
+    """``generate --dataset``: every conversation a session (docs/prompts.md, Datasets)."""
+    if profile is not None or pool is not None:
+        raise UserError(f"give --dataset or {'--profile' if profile else '--pool'}, not both")
+    if used := [k for k, v in others.items() if v is not None]:
+        raise UserError(f"{', '.join(used)}: not with --dataset (it gives the prompts and their "
+                        "lengths); it takes --rate, --process, --cv, --requests, --duration, "
+                        "--single-turn, --tokenizer, --apps/--app")
+    if apps is not None and app_name is not None:
+        raise UserError("give --app (one app for every session) or --apps (a mix), not both")
+    if endpoint is not None and endpoint not in ("chat", "completions"):
+        raise UserError(f"--endpoint {endpoint!r}: use chat or completions")
+    if requests is not None and requests < 1:
+        raise UserError(f"--requests {requests}: must be a whole number >= 1")
+    duration_s = parse_duration(duration, "--duration", allow_zero=False)
+    rate_fn: object = rate or "5"
+    if isinstance(rate_fn, str) and rate_fn.strip().lower().startswith("file:"):
+        rate_fn = read_rate_file(rate_fn.strip()[5:])
+    elif isinstance(rate_fn, str) and rate_fn.strip().lower().startswith(("trace", "peak:")):
+        raise UserError(f"--rate {rate!r} needs --profile or --pool (it scales a trace); give "
+                        "session starts/s, ramp:.. or step:.. for a dataset")
+    table, _, _, stats = dataset_table(
+        dataset, fmt=dataset_format, tokenizer=tokenizer, rate=rate_fn,
+        process=process or "poisson", cv=1.0 if cv is None else cv, seed=seed,
+        requests=requests, duration_s=duration_s, single_turn=bool(single_turn),
+        think_s=parse_duration(think_time, "--think-time"), apps=app_name or apps,
+        chat=(endpoint or "chat") == "chat", output_tokens=output_tokens,
+        max_context_tokens=max_context_tokens)
+    _write(lambda: _write_table(table, out), out)
+    err = console(stderr=True)
+    for note in dataset_notes(stats)[1 if quiet else 0:]:  # -q: only the warning
+        err.print(f"[dim]{note}[/dim]", soft_wrap=True)
+    if not quiet:
+        source = (f"dataset {dataset} ({'single turn' if single_turn else 'sessions'}, "
+                  f"{process or 'poisson'} starts at {rate or '5'}/s, seed {seed})")
+        console().print(summary_table(out, source))
 
 
 def _check_rate(p: ClientPool, rate: str | None, duration_s: float) -> object:

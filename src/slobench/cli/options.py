@@ -11,12 +11,20 @@ import typer
 
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
+from slobench.prompts.datasets import (
+    DEFAULT_OUTPUT_TOKENS,
+    DatasetStats,
+    dataset_workload,
+    read_dataset,
+)
+from slobench.prompts.tokenizer import load_tokenizer
 from slobench.workload.profiles import profile_workload
 from slobench.workload.sessions import (
     APP_SCOPES,
     DEFAULT_BLOCK_TOKENS,
     RATE_OF,
     SESSION_MODES,
+    STARTS,
     SessionShape,
     sessionize,
     shapes_for_mode,
@@ -110,14 +118,23 @@ def app_scope_option() -> Any:
                         rich_help_panel=SESSIONS_PANEL)
 
 
+def session_start_option() -> Any:
+    return typer.Option(None, "--session-start", help="steady (default: sessions already "
+                        "under way at 0, the rate steady from the start) or empty (none: "
+                        "follow-ups build up over the first minutes).",
+                        rich_help_panel=SESSIONS_PANEL)
+
+
 def session_options(sessions: str | None, session_rate: str | None,
-                    app_scope: str | None) -> dict[str, Any] | None:
+                    app_scope: str | None, session_start: str | None = None
+                    ) -> dict[str, Any] | None:
     """The checked session options (None when sessions are off): mode, shapes, rate_of,
-    app_scope."""
+    app_scope, start."""
     mode = (sessions or "off").strip()
     shapes = shapes_for_mode(mode)
     if shapes is None:
-        used = [f for f, v in (("--session-rate", session_rate), ("--app-scope", app_scope)) if v]
+        used = [f for f, v in (("--session-rate", session_rate), ("--app-scope", app_scope),
+                               ("--session-start", session_start)) if v]
         if used:
             raise UserError(f"{' and '.join(used)} need --sessions ({SESSION_MODES})")
         return None
@@ -127,19 +144,25 @@ def session_options(sessions: str | None, session_rate: str | None,
     scope = (app_scope or "session").strip().lower()
     if scope not in APP_SCOPES:
         raise UserError(f"--app-scope {app_scope!r}: use one of {', '.join(APP_SCOPES)}")
-    return {"mode": mode, "shapes": shapes, "rate_of": rate_of, "app_scope": scope}
+    start = (session_start or "steady").strip().lower()
+    if start not in STARTS:
+        raise UserError(f"--session-start {session_start!r}: use one of {', '.join(STARTS)}")
+    return {"mode": mode, "shapes": shapes, "rate_of": rate_of, "app_scope": scope,
+            "start": start}
 
 
 def session_manifest(sess: dict[str, Any], apps: str | None, table: pa.Table,
                      block_tokens: int = DEFAULT_BLOCK_TOKENS) -> dict[str, Any]:
     """What a run manifest records of the session options (JSON-safe), with the time the
-    request rate of ``table`` takes to reach its steady state."""
+    request rate of ``table`` takes to reach its steady state (0 with a steady start) and the
+    mean age of a request in its session (the scale of an empty start's transient)."""
     shapes: dict[str, SessionShape] = sess["shapes"]
-    in_use = pc.unique(table["app"]).to_pylist()
+    age = steady_after_s(shapes, pc.unique(table["app"]).to_pylist())
     return {"sessions": sess["mode"], "session_rate": sess["rate_of"],
             "app_scope": sess["app_scope"], "session_apps": apps,
-            "session_block_tokens": block_tokens,
-            "session_steady_after_s": steady_after_s(shapes, in_use),
+            "session_block_tokens": block_tokens, "session_start": sess["start"],
+            "session_steady_after_s": 0.0 if sess["start"] == "steady" else age,
+            "session_mean_age_s": age,
             "session_shapes": {a: s.describe() for a, s in shapes.items()}}
 
 
@@ -151,7 +174,65 @@ def apply_sessions(table: pa.Table, sess: dict[str, Any] | None, *, apps: str | 
         return table
     return sessionize(table, shapes=sess["shapes"], apps=parse_app_mix(apps) if apps else None,
                       app_scope=sess["app_scope"], rate_of=sess["rate_of"], seed=seed,
-                      duration_s=duration_s, block_tokens=block_tokens)
+                      duration_s=duration_s, block_tokens=block_tokens, start=sess["start"])
+
+
+DATASET_PANEL = "Dataset (real conversations or prompts; docs/prompts.md)"
+
+
+def dataset_option() -> Any:
+    return typer.Option(None, "--dataset", help="Requests from a dataset: a ShareGPT .json "
+                        "(each conversation a session; lengths from the data) or a prompts "
+                        ".jsonl ({\"prompt\": ..., \"output_tokens\": ...} per line).",
+                        rich_help_panel=DATASET_PANEL)
+
+
+def dataset_format_option() -> Any:
+    return typer.Option(None, "--dataset-format", help="sharegpt, jsonl or auto (default: "
+                        "from the first record).", rich_help_panel=DATASET_PANEL)
+
+
+def single_turn_option() -> Any:
+    return typer.Option(False, "--single-turn", help="Only the first human turn of each "
+                        "conversation.", rich_help_panel=DATASET_PANEL)
+
+
+def dataset_table(path: Path, *, fmt: str | None, tokenizer: str | None, rate: Any,
+                  process: str, cv: float, seed: int, requests: int | None,
+                  duration_s: float | None, single_turn: bool, think_s: float | None,
+                  apps: str | None, chat: bool, output_tokens: str | None = None,
+                  max_context_tokens: int | None = None
+                  ) -> tuple[pa.Table, str, dict[str, Any], DatasetStats]:
+    """The Workload of a dataset (every conversation a session; docs/prompts.md): (table,
+    source, options for the manifest, reading stats)."""
+    if tokenizer is not None and str(tokenizer).strip() == "server":
+        raise UserError("--dataset counts its tokens before the run starts, without the "
+                        "server; give --tokenizer a tokenizer.json, a model id or builtin")
+    data = read_dataset(path, fmt or "auto")
+    tok = load_tokenizer(tokenizer)
+    table = dataset_workload(
+        data, tok, rate=rate, process=process, cv=cv, seed=seed, max_requests=requests,
+        duration_s=duration_s, multi_turn=not single_turn, think_s=think_s or 0.0,
+        apps=apps or "chatbot", chat=chat, output_tokens=output_tokens or DEFAULT_OUTPUT_TOKENS,
+        max_context_tokens=max_context_tokens)
+    stats = data.stats
+    options = {"dataset": str(path), "dataset_format": data.format, "tokenizer": tok.name,
+               "rate": rate if isinstance(rate, (str, int, float)) else rate.describe(),
+               "process": process, "cv": cv, "seed": seed, "single_turn": single_turn,
+               "think_s": think_s or 0.0, "apps": apps or "chatbot",
+               "dataset_stats": stats.as_dict()}
+    return table, f"dataset:{path}", options, stats
+
+
+def dataset_notes(stats: DatasetStats) -> list[str]:
+    """What a user should know about how the dataset was used (printed on stderr)."""
+    notes = [f"Dataset: {stats.sessions:,} sessions, {stats.requests:,} requests; "
+             f"{stats.describe()}"]
+    if stats.ran_out:
+        notes.append("The dataset ran out before the duration or request count: every "
+                     "conversation is used once, never repeated (a repeat would hit the "
+                     "server's prefix cache)")
+    return notes
 
 
 def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None,
@@ -159,17 +240,52 @@ def build_workload(path: Path | None, *, closed_loop: bool, requests: int | None
                    input_tokens: str, output_tokens: str, apps: str | None,
                    reasoning_fraction: float, seed: int, profile: str | None = None,
                    sessions: str | None = None, session_rate: str | None = None,
-                   app_scope: str | None = None, block_tokens: int = DEFAULT_BLOCK_TOKENS
+                   app_scope: str | None = None, block_tokens: int = DEFAULT_BLOCK_TOKENS,
+                   dataset: Path | None = None, dataset_format: str | None = None,
+                   single_turn: bool = False, tokenizer: str | None = None, chat: bool = True,
+                   think_s: float | None = None, session_start: str | None = None
                    ) -> tuple[pa.Table, str, dict[str, Any]]:
     """A Workload file, a built-in profile, or a synthetic workload from the options:
     (table, source, options). With a profile, ``rate`` is the aggregate rate (trace, trace*2,
     peak:50, a number, ...) under the profile's client composition and lengths. With
     ``sessions`` (docs/sessions.md) the single requests become multi-turn sessions; ``apps``
     then sets the app mix of a file's or profile's sessions, and ``block_tokens`` the tokens
-    per prefix block of the sessions' prompts."""
+    per prefix block of the sessions' prompts. With ``dataset`` (a ShareGPT or prompts file)
+    every conversation is a session starting at ``rate`` per second, its lengths counted with
+    ``tokenizer`` (``chat``: as chat messages); ``apps`` is then the sessions' app mix.
+    ``session_start``: steady (default; sessions under way at 0) or empty (closed loop: always
+    empty, users take sessions from their first turn)."""
     if path is not None and profile is not None:
         raise UserError("give --workload or --profile, not both")
-    sess = session_options(sessions, session_rate, app_scope)
+    if dataset is None:
+        used = [k for k, v in (("--dataset-format", dataset_format),
+                               ("--single-turn", single_turn or None)) if v is not None]
+        if used:
+            raise UserError(f"{' and '.join(used)} need --dataset FILE")
+    else:
+        if path is not None or profile is not None:
+            raise UserError(f"give --dataset or {'--workload' if path else '--profile'}, not "
+                            "both")
+        if (sessions or "off").strip().lower() != "off" or session_rate or app_scope \
+                or session_start:
+            raise UserError("--sessions/--session-rate/--app-scope/--session-start: a "
+                            "dataset's conversations "
+                            "already are sessions; drop them (or add --single-turn for single "
+                            "requests)")
+        table, source, options, stats = dataset_table(
+            dataset, fmt=dataset_format, tokenizer=tokenizer, rate=rate, process=process,
+            cv=cv, seed=seed, requests=requests or (CLOSED_LOOP_POOL if closed_loop else None),
+            duration_s=None if closed_loop else duration_s, single_turn=single_turn,
+            think_s=think_s, apps=apps, chat=chat)
+        if not closed_loop and stats.ran_out:
+            from slobench.report.terminal import console
+
+            for note in dataset_notes(stats)[1:]:
+                console(stderr=True).print(f"[dim]{note}[/dim]")
+        return table, source, options
+    sess = session_options(sessions, session_rate, app_scope, session_start)
+    if sess is not None and closed_loop:  # no schedule: users take sessions from turn 0
+        sess = {**sess, "start": "empty"}
     # Turns due after the end are never sent: leave them out (closed loop has no schedule).
     horizon = None if closed_loop else duration_s
     if path is not None or profile is not None:

@@ -24,10 +24,14 @@ from slobench.cli.options import (
     DEFAULT_APPS,
     app_scope_option,
     build_workload,
+    dataset_format_option,
+    dataset_option,
     gpu_option,
     policy_option,
     session_rate_option,
+    session_start_option,
     sessions_option,
+    single_turn_option,
     tp_option,
 )
 from slobench.client.pacing import LoadPlan
@@ -181,18 +185,27 @@ def run(
     sessions: str = sessions_option(),
     session_rate: str = session_rate_option(),
     app_scope: str = app_scope_option(),
+    session_start: str = session_start_option(),
+    dataset: Path = dataset_option(),
+    dataset_format: str = dataset_format_option(),
+    single_turn: bool = single_turn_option(),
     tokenizer: str = typer.Option(None, "--tokenizer", help="Count prompt tokens as the server "
                                   "does: a tokenizer.json (or its folder), a Hugging Face model "
                                   "id in the local cache, server (the target's tokenize "
                                   "endpoint), or builtin (default; the emulator's).",
         rich_help_panel="Prompts"),
-    prompt_corpus: Path = typer.Option(None, "--prompt-corpus", help="Folder of .txt files (or "
-                                       "one file) to cut prompts from (default: the shipped "
-                                       "corpus).",
+    prompt_corpus: Path = typer.Option(None, "--prompt-corpus", help="Folder of .txt files, "
+                                       "one file, or a ShareGPT .json / prompts .jsonl to cut "
+                                       "prompts from (default: the shipped corpus).",
         rich_help_panel="Prompts"),
     prefix_block_tokens: int = typer.Option(512, "--prefix-block-tokens", help="Tokens per "
                                             "Workload prefix_blocks hash (Mooncake: 512).",
         min=5, rich_help_panel="Prompts"),
+    vision_encoder: str = typer.Option("qwen2.5-vl", "--vision-encoder", help="Sizes images "
+                                       "to the workload's image_tokens: qwen2.5-vl, qwen2-vl, "
+                                       "llava-1.5, llava-next, internvl, pixtral "
+                                       "(docs/prompts.md).",
+        rich_help_panel="Prompts"),
     gpu: str = gpu_option(),
     tp: int = tp_option(),
     policy: str = policy_option(),
@@ -228,15 +241,19 @@ def run(
         rate=rate, process=process, cv=cv, input_tokens=input_tokens,
         output_tokens=output_tokens, apps=apps, reasoning_fraction=reasoning_fraction, seed=seed,
         profile=profile, sessions=sessions, session_rate=session_rate, app_scope=app_scope,
-        block_tokens=prefix_block_tokens)
+        block_tokens=prefix_block_tokens, dataset=dataset, dataset_format=dataset_format,
+        single_turn=single_turn, tokenizer=tokenizer, chat=endpoint == "chat",
+        think_s=plan.think_s, session_start=session_start)
     slos.check_classes(set(table["app"].to_pylist()))
+    # Only an empty start has a start-up transient (a steady one has sessions under way at 0).
     steady_s = float(options.get("session_steady_after_s") or 0.0)
-    if plan.mode == "open" and plan.warmup_s < steady_s:
+    if plan.mode == "open" and options.get("session_start") == "empty" \
+            and plan.warmup_s < steady_s:
         console(stderr=True).print(
             f"[dim]Sessions: follow-up turns build up over the start (a request comes "
             f"{steady_s:.0f} s after its session's start on average); --warmup "
-            f"{math.ceil(steady_s)}s keeps most of the start-up out of the summary "
-            "(docs/sessions.md)[/dim]")
+            f"{math.ceil(steady_s)}s keeps most of the start-up out of the summary, or "
+            "--session-start steady starts with sessions under way (docs/sessions.md)[/dim]")
     api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)
     tcfg = TargetConfig(url=target, model=model, engine=engine, endpoint=endpoint, stream=stream,
@@ -246,7 +263,8 @@ def run(
                           lag_threshold_s=parse_duration(lag_threshold, "--lag-threshold") or 0.005,
                           out=out, run_id=run_id, seed=seed, workload_source=source,
                           workload_options=options, tokenizer=tokenizer,
-                          prompt_corpus=prompt_corpus, prefix_block_tokens=prefix_block_tokens)
+                          prompt_corpus=prompt_corpus, prefix_block_tokens=prefix_block_tokens,
+                          vision_encoder=vision_encoder)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:
