@@ -153,3 +153,14 @@ def test_fast_forward_stops_where_a_finish_releases_a_turn(replicas):
     b = simulate(wl, mk, replicas=replicas, router="round_robin", fast_forward=False)
     assert a.records.equals(b.records)
     check_release(wl, a.records)
+
+
+def test_followups_due_after_the_horizon_are_not_sent():
+    wl = sessions_table(6, 5, gap_s=0.1, think_s=0.5)
+    full = simulate(wl, maker(block_size=16))
+    cut = simulate(wl, maker(block_size=16), horizon_s=1.2)
+    sched = cut.records["scheduled_s"].to_numpy()
+    assert np.all(sched < 1.2)
+    assert 6 <= cut.records.num_rows < wl.num_rows == full.records.num_rows
+    assert cut.stats["requests"] + cut.stats["followups_after_horizon"] == wl.num_rows
+    assert full.records["scheduled_s"].to_numpy().max() > 1.2  # the cut mattered

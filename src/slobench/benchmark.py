@@ -311,7 +311,8 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
                    run_id: str | None = None, workload_source: str = "synthetic",
                    workload_options: dict[str, Any] | None = None,
                    progress: Callable[[float], None] | None = None,
-                   prefix_block_tokens: int | None = 512) -> Analysis:
+                   prefix_block_tokens: int | None = 512,
+                   horizon_s: float | None = None) -> Analysis:
     """The engine model in virtual time over a Workload; writes a run directory like a live run
     (records, summary, manifest), so every summary, SLO and report works on it unchanged."""
     import time
@@ -335,7 +336,8 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
                                "router": router, "prefix_block_tokens": prefix_block_tokens})
     wall = time.perf_counter()
     result = simulate(workload, engine.scheduler_maker(prefix_block_tokens), replicas=replicas,
-                      router=router, progress=progress, deadlines=slo_deadlines(slos, apps))
+                      router=router, progress=progress, deadlines=slo_deadlines(slos, apps),
+                      horizon_s=horizon_s)
     wall = time.perf_counter() - wall
     records = result.records
     write_table(records, run.path / RECORDS)

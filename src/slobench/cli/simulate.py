@@ -10,8 +10,11 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from slobench.benchmark import run_simulation
 from slobench.cli.main import app, user_errors
 from slobench.cli.options import (
+    app_scope_option,
     build_workload,
     chunked_prefill_option,
+    dataset_format_option,
+    dataset_option,
     dtype_option,
     engine_config,
     engine_model_option,
@@ -22,6 +25,10 @@ from slobench.cli.options import (
     max_num_seqs_option,
     policy_option,
     prefix_caching_option,
+    session_rate_option,
+    session_start_option,
+    sessions_option,
+    single_turn_option,
     tp_option,
 )
 from slobench.report.terminal import console, engine_text, render
@@ -51,8 +58,9 @@ def simulate(
                                      help="Prompt lengths.", rich_help_panel=WORKLOAD),
     output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",
                                       help="Output lengths.", rich_help_panel=WORKLOAD),
-    apps: str = typer.Option("chatbot:0.6,coding:0.3,summarization:0.1", "--apps",
-                             help="Application-class mix.", rich_help_panel=WORKLOAD),
+    apps: str = typer.Option(None, "--apps", help="Application-class mix (default "
+                             "chatbot:0.6,coding:0.3,summarization:0.1); with --sessions also "
+                             "for --workload/--profile.", rich_help_panel=WORKLOAD),
     reasoning_fraction: float = typer.Option(0.0, "--reasoning-fraction", help="Thinking share"
                                              " of reasoning outputs.", rich_help_panel=WORKLOAD),
     seed: int = typer.Option(0, "--seed", help="Random seed of the synthetic workload.",
@@ -76,6 +84,13 @@ def simulate(
     cooldown: str = typer.Option("0s", "--cooldown", help="Excluded from the summary."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where run directories go."),
     run_id: str = typer.Option(None, "--run-id", help="Name of the run directory."),
+    sessions: str = sessions_option(),
+    session_rate: str = session_rate_option(),
+    app_scope: str = app_scope_option(),
+    session_start: str = session_start_option(),
+    dataset: Path = dataset_option(),
+    dataset_format: str = dataset_format_option(),
+    single_turn: bool = single_turn_option(),
     prefix_block_tokens: int = typer.Option(512, "--prefix-block-tokens", help="Tokens per "
                                             "Workload prefix_blocks hash (Mooncake: 512); a "
                                             "multiple of the KV block size.", min=1),
@@ -92,7 +107,10 @@ def simulate(
     table, source, options = build_workload(
         workload, closed_loop=False, requests=requests, duration_s=duration_s, rate=rate,
         process=process, cv=cv, input_tokens=input_tokens, output_tokens=output_tokens,
-        apps=apps, reasoning_fraction=reasoning_fraction, seed=seed, profile=profile)
+        apps=apps, reasoning_fraction=reasoning_fraction, seed=seed, profile=profile,
+        sessions=sessions, session_rate=session_rate, app_scope=app_scope,
+        block_tokens=prefix_block_tokens, dataset=dataset, dataset_format=dataset_format,
+        single_turn=single_turn, session_start=session_start)
     err = console(stderr=True)
     err.print(engine_text(engine.describe()))
     span = float(table["arrival_s"].to_numpy().max()) if table.num_rows else 0.0
@@ -110,7 +128,7 @@ def simulate(
             warmup_s=parse_duration(warmup, "--warmup") or 0.0,
             cooldown_s=parse_duration(cooldown, "--cooldown") or 0.0, out=out, run_id=run_id,
             workload_source=source, workload_options=options,
-            prefix_block_tokens=prefix_block_tokens,
+            prefix_block_tokens=prefix_block_tokens, horizon_s=duration_s,
             progress=(lambda t: bar.update(task, completed=min(t, span))) if show else None)
     finally:
         if show:

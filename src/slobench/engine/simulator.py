@@ -67,6 +67,7 @@ def simulate(
     fast_forward: bool = True,
     trace: bool = False,
     max_steps: int | None = None,
+    horizon_s: float | None = None,
 ) -> SimulationResult:
     """Simulate ``workload`` on ``replicas`` schedulers made by ``make_scheduler``.
 
@@ -75,12 +76,14 @@ def simulate(
     for the ``priority`` policy). ``progress`` is called now and then with the virtual time.
     ``fast_forward=False`` single-steps everything (same result, slower: for tests).
     ``max_steps`` (all replicas together) raises RuntimeError when exceeded: a livelock guard.
+    ``horizon_s``: session follow-ups due at or after it are not sent (as a live run with
+    ``--duration`` does) and have no record.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived objects, no cycles: the collector only costs time
     try:
         return _simulate(workload, make_scheduler, replicas, router, progress, deadlines,
-                         priorities, fast_forward, trace, max_steps)
+                         priorities, fast_forward, trace, max_steps, horizon_s)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -97,6 +100,7 @@ def _simulate(
     fast_forward: bool,
     trace: bool,
     max_steps: int | None,
+    horizon_s: float | None,
 ) -> SimulationResult:
     wall0 = time.perf_counter()
     wl = conform_workload(workload, "simulate")
@@ -149,9 +153,17 @@ def _simulate(
     for s in scheds:
         s.fast_forward_past_finishes = not has_followups
 
+    unsent = np.zeros(n, dtype=bool)  # follow-ups due after the horizon
+    horizon_cut = float("inf") if horizon_s is None else float(horizon_s)
+
     def release_after(row: int, done_s: float) -> None:
         nx = nxt_l[row]
         t_send = max(arrival_l[nx], done_s + think_l[nx])
+        if t_send >= horizon_cut:  # this turn and the rest of its session are never sent
+            while nx >= 0:
+                unsent[nx] = True
+                nx = nxt_l[nx]
+            return
         scheduled[nx] = t_send
         heapq.heappush(released, (t_send + delay_l[nx], nx))
 
@@ -273,8 +285,11 @@ def _simulate(
     sim_end = max((float(a[-1]) for a in tl_arrays if len(a)), default=0.0)
     sim_end = max(sim_end, horizon)
     records = _records(wl, reqs, rep_of, tl_arrays, scheds, scheduled, o_tok, r_tok)
+    if unsent.any():
+        records = records.filter(pa.array(~unsent))
     stats = _stats(scheds, busy, router)
-    stats["requests"] = n
+    stats["requests"] = n - int(unsent.sum())
+    stats["followups_after_horizon"] = int(unsent.sum())
     stats["sim_end_s"] = sim_end
     stats["wall_s"] = time.perf_counter() - wall0
     stats["steps"] = steps_done
