@@ -134,9 +134,14 @@ def simulate(
         if show:
             bar.stop()
     sim = analysis.manifest.get("simulation") or {}
-    notes = [f"Simulated {sim.get('simulated_s', 0):.0f} s of traffic ({table.num_rows} "
+    stats = sim.get("stats") or {}
+    sent = stats.get("requests", table.num_rows)
+    notes = [f"Simulated {sim.get('simulated_s', 0):.0f} s of traffic ({sent} "
              f"requests, {replicas} replica(s), {router}) in {sim.get('wall_s', 0):.2f} s: "
              f"{sim.get('speedup') or 0:,.0f}× real time."]
+    if stats.get("followups_after_horizon"):
+        notes.append(f"{stats['followups_after_horizon']} session turns fell due after "
+                     "--duration and were not sent, as in a live run.")
     specs = {a: analysis.slos.for_app(a).text for a in (analysis.summary.get("classes") or {})}
     console().print(render(analysis.summary, analysis.health, slo_specs=specs,
                            run_path=str(analysis.run.path), notes=notes))
