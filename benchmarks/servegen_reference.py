@@ -14,9 +14,15 @@ the same request, each in its own subprocess so that peak memory is measured cle
   ``generate_workload(view, rate_fn, duration, seed=0)`` on ``pool.span(0, duration)`` vs ours
   ``generate_workload(pool.span(0, duration), duration, rate="trace", mode="servegen",
   correlated=True, seed=0)`` (the reference's arrival mode and its one-random-number-per-request
-  sampling, so both do the same work); our default ``renewal`` mode is timed as well;
+  sampling, so both do the same work); our default ``renewal`` mode is timed as well, and so is
+  a streamed variant that writes 600 s record batches to a Parquet file as they are made
+  (``iter_workload_batches`` + ``write_workload_parquet``) instead of holding the table;
 - **peak memory**: the whole child process (interpreter, imports, loaded pool, generated
-  requests), and the same above the process's size right after its imports.
+  requests), and the same above the process's size right after its imports. The headline is
+  the larger of our first-load and cached-load processes, each holding the generated table in
+  memory (as the reference holds its list of requests); the Parquet variant is reported apart.
+
+slobench runs single-threaded here as the reference does (its CSV reads use one thread).
 
 The shared data copy lacks some ``chunk-N-dataset.json`` files (see its README). The reference
 reads only clients that have a dataset file and would choke on none of them, but to be sure both
@@ -65,6 +71,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (about the wall time when single-threaded)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 # ---------------------------------------------------------------------------------------------
 # Children (each prints one JSON line on stdout)
 
@@ -78,12 +90,13 @@ def child_reference(args: argparse.Namespace) -> dict[str, Any]:
     from servegen.utils import get_scaled_rate_fn
 
     out: dict[str, Any] = {"import_s": time.perf_counter() - t0, "rss_import_mb": _rss_mb()}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     pool = ClientPool(Category(category), model)
     out["load_s"] = time.perf_counter() - t0
+    out["load_cpu_s"] = _cpu_s() - c0
     out["rss_load_mb"] = _rss_mb()
     out["clients"] = len(pool.clients)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     view = pool.span(0, args.duration)
     rate_fn = get_scaled_rate_fn(view, 1.0)
     out["rate_fn_s"] = time.perf_counter() - t0
@@ -91,6 +104,7 @@ def child_reference(args: argparse.Namespace) -> dict[str, Any]:
     requests = generate_workload(view, rate_fn, duration=int(args.duration), seed=0)
     out["generate_only_s"] = time.perf_counter() - t1
     out["generate_s"] = time.perf_counter() - t0
+    out["generate_cpu_s"] = _cpu_s() - c0
     out["rss_peak_mb"] = _rss_mb()
     out["requests"] = len(requests)
     if requests:
@@ -103,25 +117,45 @@ def child_reference(args: argparse.Namespace) -> dict[str, Any]:
 def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    from slobench.workload.generate import generate_workload
+    from slobench.workload.generate import (
+        generate_workload,
+        iter_workload_batches,
+        write_workload_parquet,
+    )
     from slobench.workload.servegen import load_pool
 
     out: dict[str, Any] = {"import_s": time.perf_counter() - t0, "rss_import_mb": _rss_mb()}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     pool = load_pool(Path(args.tree) / "data" / args.pool, missing="drop",
                      cache_dir=args.cache_dir)
     out["load_s"] = time.perf_counter() - t0
+    out["load_cpu_s"] = _cpu_s() - c0
     out["rss_load_mb"] = _rss_mb()
     out["cache"] = pool.report.get("cache")
     out["clients"] = int(pool.n_clients)
     out["missing_dataset"] = len(pool.report.get("missing_dataset") or [])
-    t0 = time.perf_counter()
-    table = generate_workload(pool.span(0, args.duration), args.duration, rate="trace",
-                              mode=args.mode, correlated=args.mode == "servegen", seed=0)
-    out["generate_s"] = time.perf_counter() - t0
-    out["rss_peak_mb"] = _rss_mb()
-    out["requests"] = table.num_rows
+    t0, c0 = time.perf_counter(), _cpu_s()
+    request = {"rate": "trace", "mode": args.mode, "correlated": args.mode == "servegen",
+               "seed": 0}
+    if args.sink == "parquet":
+        # Streamed: 600 s record batches written to a Parquet file as they are made.
+        path = Path(args.cache_dir) / "workload.parquet"
+        out["requests"] = write_workload_parquet(
+            iter_workload_batches(pool.span(0, args.duration), args.duration, batch_s=600.0,
+                                  **request), path)
+        out["generate_s"] = time.perf_counter() - t0
+        out["generate_cpu_s"] = _cpu_s() - c0
+        out["rss_peak_mb"] = _rss_mb()
+        out["parquet_mb"] = path.stat().st_size / 1e6
+        table = pq.read_table(path, columns=["input_tokens", "output_tokens"])  # after the peak
+    else:
+        table = generate_workload(pool.span(0, args.duration), args.duration, **request)
+        out["generate_s"] = time.perf_counter() - t0
+        out["generate_cpu_s"] = _cpu_s() - c0
+        out["rss_peak_mb"] = _rss_mb()
+        out["requests"] = table.num_rows
     if table.num_rows:
         out["mean_input_tokens"] = pc.mean(table.column("input_tokens")).as_py()
         out["mean_output_tokens"] = pc.mean(table.column("output_tokens")).as_py()
@@ -219,6 +253,8 @@ def main() -> None:
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="servegen", help=argparse.SUPPRESS)
+    ap.add_argument("--sink", choices=("table", "parquet"), default="table",
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.duration is None:
         args.duration = 600.0 if args.quick else 3600.0
@@ -241,7 +277,7 @@ def main() -> None:
               flush=True)
         common += ["--tree", str(root / "tree")]
 
-        ours_first, ours_cached, ours_renewal = [], [], []
+        ours_first, ours_cached, ours_renewal, ours_parquet = [], [], [], []
         for i in range(args.repeats):
             cache = root / f"cache-{i}"
             cache.mkdir()
@@ -249,10 +285,15 @@ def main() -> None:
             ours_first.append(run_child(sys.executable, argv, 600, env))
             ours_cached.append(run_child(sys.executable, argv, 600, env))
             ours_renewal.append(run_child(sys.executable, [*argv, "--mode", "renewal"], 600, env))
+            ours_parquet.append(run_child(sys.executable, [*argv, "--sink", "parquet"], 600, env))
             print(f"  ours run {i + 1}: first load {fmt(ours_first[-1].get('load_s'), 's')}, "
                   f"cached {fmt(ours_cached[-1].get('load_s'), 's')}, generate "
-                  f"{fmt(ours_cached[-1].get('generate_s'), 's')}", flush=True)
-        for r in ours_first + ours_cached + ours_renewal:
+                  f"{fmt(ours_cached[-1].get('generate_s'), 's')}, peak "
+                  f"{fmt(ours_first[-1].get('rss_peak_mb'), 'MB')} / "
+                  f"{fmt(ours_cached[-1].get('rss_peak_mb'), 'MB')} / "
+                  f"{fmt(ours_parquet[-1].get('rss_peak_mb'), 'MB')} (first / cached / "
+                  "Parquet)", flush=True)
+        for r in ours_first + ours_cached + ours_renewal + ours_parquet:
             if "error" in r:
                 sys.exit(f"our implementation failed: {r['error']}")
 
@@ -268,10 +309,12 @@ def main() -> None:
                       flush=True)
         shutil.rmtree(root / "tree", ignore_errors=True)
 
-    keys = ("load_s", "generate_s", "rss_peak_mb", "rss_load_mb", "rss_import_mb", "import_s")
+    keys = ("load_s", "generate_s", "rss_peak_mb", "rss_load_mb", "rss_import_mb", "import_s",
+            "load_cpu_s", "generate_cpu_s")
     ref = summarize(ref_runs, (*keys, "rate_fn_s", "generate_only_s"))
     first, cached = summarize(ours_first, keys), summarize(ours_cached, keys)
     renewal = summarize(ours_renewal, keys)
+    parquet = summarize(ours_parquet, (*keys, "parquet_mb"))
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None or b == 0 else a / b
@@ -289,6 +332,8 @@ def main() -> None:
             "generate_renewal_x": ratio(ref["generate_s"], renewal["generate_s"]),
             "peak_memory_ratio": ratio(ours_peak, ref["rss_peak_mb"]),
             "peak_memory_above_imports_ratio": ratio(ours_above, ref_above),
+            "peak_memory_parquet_ratio": ratio(parquet["rss_peak_mb"], ref["rss_peak_mb"]),
+            "generate_parquet_x": ratio(ref["generate_s"], parquet["generate_s"]),
         }
         ratios["meets_targets"] = {
             k: (ratios[k] <= t if k == "peak_memory_ratio" else ratios[k] >= t)
@@ -310,6 +355,10 @@ def main() -> None:
          ratio(cached["rss_load_mb"], ref.get("rss_load_mb"))),
         ("peak RSS (process)", ref.get("rss_peak_mb"),
          max(first["rss_peak_mb"], cached["rss_peak_mb"]), "MB", ratios.get("peak_memory_ratio")),
+        ("peak RSS, to Parquet", ref.get("rss_peak_mb"), parquet["rss_peak_mb"], "MB",
+         ratios.get("peak_memory_parquet_ratio")),
+        ("generate, to Parquet", ref.get("generate_s"), parquet["generate_s"], "s",
+         ratios.get("generate_parquet_x")),
         ("peak RSS above imports",
          None if "rss_peak_mb" not in ref else ref["rss_peak_mb"] - ref["rss_import_mb"],
          max(first["rss_peak_mb"] - first["rss_import_mb"],
@@ -322,6 +371,14 @@ def main() -> None:
         print(f"{name:26} {fmt(a, unit):>12} {fmt(b, unit):>12} {shown:>10}")
     print(f"requests: reference {ref.get('requests', '-')}, ours {cached.get('requests')} "
           f"(servegen mode), {renewal.get('requests')} (renewal)")
+    for name, runs in (("reference load", ref_runs), ("ours first load", ours_first)):
+        vals = [r["load_s"] for r in runs if "load_s" in r]
+        if vals:
+            print(f"spread, {name}: {min(vals):.2f}..{max(vals):.2f} s")
+    for name, runs in (("reference generate", ref_runs), ("ours generate", ours_cached)):
+        vals = [r["generate_s"] for r in runs if "generate_s" in r]
+        if vals:
+            print(f"spread, {name}: {min(vals):.3f}..{max(vals):.3f} s")
     if ref_runs and "load_s" not in ref:
         print(f"reference failed: {ref_runs[-1].get('error')}")
     if ratios:
@@ -343,6 +400,7 @@ def main() -> None:
         "ours_first_load": first,
         "ours_cached_load": cached,
         "ours_renewal": renewal,
+        "ours_parquet": parquet,
         "ratios": ratios,
         "targets": TARGETS,
     }

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.random import SeedSequence, default_rng
 
 from slobench.errors import UserError
 from slobench.schema import WORKLOAD_SCHEMA, conform_workload
@@ -40,9 +41,10 @@ from slobench.workload.arrivals import (
     as_rate_function,
 )
 from slobench.workload.pool import PATTERN_WEIBULL, ClientPool, SparseDist
-from slobench.workload.synthetic import _empty_lists, _repeat_string
 
 MODES = ("renewal", "servegen")
+# Arrow's default allocator (mimalloc) holds on to freed memory; the system allocator returns it.
+_POOL = pa.system_memory_pool()
 DEFAULT_APP = {"language": "chatbot", "reason": "reasoning", "multimodal": "chatbot"}
 STREAMS = ("arrivals", "input_tokens", "output_tokens", "reason_ratio", "image_count",
            "image_tokens", "correlated")
@@ -214,18 +216,30 @@ def resolve_rate(pool: ClientPool, rate: RateFunction | str | float | None,
 
 
 def _unit_gaps(pattern: np.ndarray, cv: np.ndarray, shape: np.ndarray,
-               rng: np.random.Generator) -> np.ndarray:
-    """Mean-1 gaps, one per element: Gamma with CV ``cv`` or Weibull with shape ``shape``."""
-    out = np.empty(len(pattern))
-    wb = pattern == PATTERN_WEIBULL
-    if wb.any():
-        k = np.maximum(shape[wb], 0.05)
-        out[wb] = rng.weibull(k) / np.exp(np.array([math.lgamma(1 + 1 / x) for x in k]))
-    ga = ~wb
-    if ga.any():
-        c = cv[ga]
-        k = np.where(c > 0, 1.0 / np.maximum(c, 1e-3) ** 2, np.maximum(shape[ga], 1e-6))
-        out[ga] = rng.standard_gamma(k) / k
+               rng: np.random.Generator, counts: np.ndarray | None = None) -> np.ndarray:
+    """Mean-1 gaps: Gamma with CV ``cv`` or Weibull with shape ``shape``. One gap per element,
+    or, with ``counts``, ``counts[i]`` gaps with the parameters of element ``i``."""
+    wb_seg = pattern == PATTERN_WEIBULL
+    k_wb = np.maximum(shape[wb_seg], 0.05)
+    norm = np.exp(np.array([math.lgamma(1 + 1 / x) for x in k_wb.tolist()]))
+    c = cv[~wb_seg]
+    k_ga = np.where(c > 0, 1.0 / np.maximum(c, 1e-3) ** 2, np.maximum(shape[~wb_seg], 1e-6))
+    if counts is None:
+        wb = wb_seg
+    else:
+        if not wb_seg.any():  # all Gamma (the common case): no masks, no copies
+            k = np.repeat(k_ga, counts)
+            out = rng.standard_gamma(k, out=np.empty(len(k)))
+            out /= k
+            return out
+        wb = np.repeat(wb_seg, counts)
+        k_wb, norm = np.repeat(k_wb, counts[wb_seg]), np.repeat(norm, counts[wb_seg])
+        k_ga = np.repeat(k_ga, counts[~wb_seg])
+    out = np.empty(len(wb))
+    if len(k_wb):
+        out[wb] = rng.weibull(k_wb) / norm
+    if len(k_ga):
+        out[~wb] = rng.standard_gamma(k_ga) / k_ga
     return out
 
 
@@ -252,14 +266,20 @@ class _Arrivals:
         pat, cv, sh = p.pattern[act, pw], p.cvs[act, pw], p.shape[act, pw]
         m = mass[act]
         if self.mode == "servegen":
+            # counts + 1 gaps per client; the first `counts` cumulative gaps, scaled so that
+            # the last one ends the window, are the arrivals. (In place: see _SAMPLE_BLOCK.)
             counts = np.rint(m).astype(np.int64)
-            seg, pos = _segments(counts + 1)
-            g = np.cumsum(_unit_gaps(pat[seg], cv[seg], sh[seg], self.rng))
-            ends = np.cumsum(counts + 1) - 1
+            size = counts + 1
+            g = _unit_gaps(pat, cv, sh, self.rng, size)
+            np.cumsum(g, out=g)
+            ends = np.cumsum(size) - 1
             base = np.concatenate([[0.0], g[ends[:-1]]])
-            rel = (g - base[seg]) / np.maximum((g[ends] - base)[seg], 1e-300) * m[seg]
-            keep = pos < counts[seg]
-            return act[seg[keep]], rel[keep]
+            g -= np.repeat(base, size)
+            g /= np.repeat(np.maximum(g[ends], 1e-300), size)
+            g *= np.repeat(m, size)
+            keep = np.ones(len(g), dtype=bool)
+            keep[ends] = False
+            return np.repeat(act, counts), g[keep]
         # renewal
         y0 = self.y[act]
         new = np.isnan(self.pending[act])
@@ -281,7 +301,7 @@ class _Arrivals:
             if counts.sum() > MAX_ARRIVALS:
                 raise UserError(f"more than {MAX_ARRIVALS} arrivals in one window; lower the rate")
             seg, _ = _segments(counts)
-            g = _unit_gaps(pat[todo][seg], cv[todo][seg], sh[todo][seg], self.rng)
+            g = _unit_gaps(pat[todo], cv[todo], sh[todo], self.rng, counts)
             cs = np.cumsum(g)
             ends = np.cumsum(counts) - 1
             base = np.concatenate([[0.0], cs[ends[:-1]]])
@@ -332,6 +352,11 @@ def _resolved_rows(pool: ClientPool, d: SparseDist) -> np.ndarray:
     return row.ravel()
 
 
+def _rounded(x: np.ndarray) -> np.ndarray:
+    """``x`` (a fresh float array, rounded in place) as int64."""
+    return np.rint(x, out=x).astype(np.int64)
+
+
 class _Lengths:
     def __init__(self, pool: ClientPool, streams: dict[str, np.random.Generator],
                  correlated: bool) -> None:
@@ -353,18 +378,18 @@ class _Lengths:
             u = rng.random(len(base_rows))
         return self.pool.lengths.fields[name].sample_rows(self.rows[name][base_rows], u)
 
-    def sample(self, client: np.ndarray, pool_w: np.ndarray) -> dict[str, np.ndarray]:
+    def sample_rows(self, base: np.ndarray) -> dict[str, np.ndarray]:
+        """The length fields of requests whose (client, block) rows are ``base``."""
         p = self.pool
-        base = p.lengths.row_index(p.len_row[client], p.block[pool_w])
-        n = len(client)
+        n = len(base)
         u = self.streams["correlated"].random(n) if self.correlated else None
         out: dict[str, np.ndarray] = {}
         if p.kind == "multimodal":
-            text = np.rint(self._draw("text_tokens", base, u)).astype(np.int64)
+            text = _rounded(self._draw("text_tokens", base, u))
             count = np.maximum(np.rint(self._draw("image_count", base, u)), 0).astype(np.int64)
             rep = np.repeat(base, count)
             u_img = None if u is None else np.repeat(u, count)
-            per_image = np.rint(self._draw("image_tokens", rep, u_img)).astype(np.int64)
+            per_image = _rounded(self._draw("image_tokens", rep, u_img))
             offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(count, out=offsets[1:])
             img_sum = np.add.reduceat(per_image, offsets[:-1]) if len(per_image) else 0
@@ -373,8 +398,8 @@ class _Lengths:
             out["image_offsets"] = offsets
             out["image_tokens"] = per_image
         else:
-            out["input_tokens"] = np.rint(self._draw("input_tokens", base, u)).astype(np.int64)
-        output = np.rint(self._draw("output_tokens", base, u)).astype(np.int64)
+            out["input_tokens"] = _rounded(self._draw("input_tokens", base, u))
+        output = _rounded(self._draw("output_tokens", base, u))
         out["output_tokens"] = output
         if p.kind == "reason":
             ratio = np.clip(self._draw("reason_ratio", base, u), 0.0, 1.0)
@@ -386,45 +411,118 @@ class _Lengths:
 # Tables
 
 
-def _ids(start: int, n: int, width: int) -> pa.Array:
-    digits = pc.utf8_lpad(pa.array(np.arange(start, start + n, dtype=np.int64)).cast(pa.string()),
-                          width, "0")
-    return pc.binary_join_element_wise("r", digits, "")
+_DIGITS4 = (np.arange(10_000)[:, None] // np.array([1000, 100, 10, 1]) % 10 + 48).astype(np.uint8)
+
+
+def _digits(out: np.ndarray, start: int) -> None:
+    """Row i of ``out`` (n × w bytes) ← ``start + i`` in w zero-padded decimal digits.
+
+    Consecutive numbers: the last 4 digits cycle through a table, the digits above them change
+    every 10,000 rows (filled recursively for the few distinct values)."""
+    n, w = out.shape
+    if n == 0 or w == 0:
+        return
+    low = min(w, 4)
+    period = 10**low
+    r = start % period
+    cycle = _DIGITS4[:period, 4 - low:]
+    out[:, w - low:] = np.resize(np.concatenate([cycle[r:], cycle[:r]]), (n, low))
+    if w > low:
+        h0, h1 = start // period, (start + n - 1) // period
+        high = np.empty((h1 - h0 + 1, w - low), dtype=np.uint8)
+        _digits(high, h0)
+        edges = np.clip(np.arange(h0, h1 + 2) * period, start, start + n)
+        out[:, :w - low] = np.repeat(high, np.diff(edges), axis=0)
+
+
+def _np_array(a: np.ndarray, type_: pa.DataType, dtype: type) -> pa.Array:
+    """A numpy array as an Arrow array without a copy (and without ``pa.array``'s check for a
+    masked array, which imports numpy.ma on first use)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return pa.Array.from_buffers(type_, len(a), [None, pa.py_buffer(a)])
+
+
+class _Columns:
+    """Builds the record batches of one generation. The columns that are the same in every row
+    (zeros, empty lists, nulls, the app name) and the request ids' offsets are views of buffers
+    shared by all the batches, so a batch costs memory only for what varies per row."""
+
+    def __init__(self, client_names: pa.Array, app: str, width: int) -> None:
+        self.client_names, self.width = client_names, width
+        self.app = np.frombuffer(app.encode(), dtype=np.uint8)
+        self.rows = -1
+        self._grow(1 << 12)
+
+    def _grow(self, n: int) -> None:
+        if n <= self.rows:
+            return
+        n = max(n, 2 * self.rows)
+        self.rows = n
+        w, a = self.width + 1, len(self.app)
+        self.zeros = pa.py_buffer(np.zeros(8 * (n + 1), dtype=np.uint8))
+        self.id_offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int32) * np.int32(w))
+        self.app_offsets = pa.py_buffer(np.arange(n + 1, dtype=np.int32) * np.int32(a))
+        self.app_chars = pa.py_buffer(np.tile(self.app, n))
+        self.no_lists = pa.Array.from_buffers(pa.list_(pa.int64()), n, [None, self.zeros],
+                                              children=[pa.array([], pa.int64())])
+
+    def _ids(self, start: int, n: int) -> pa.Array:
+        """``r`` + the row number zero-padded to ``width`` digits, built in numpy."""
+        width = self.width
+        if n and start + n - 1 >= 10**width:  # wider than planned: pad to at least ``width``
+            digits = pc.utf8_lpad(pa.array(np.arange(start, start + n)).cast(pa.string()),
+                                  width, "0")
+            return pc.binary_join_element_wise("r", digits, "")
+        chars = np.empty((n, width + 1), dtype=np.uint8)
+        chars[:, 0] = ord("r")
+        _digits(chars[:, 1:], start)
+        return pa.Array.from_buffers(pa.string(), n, [None, self.id_offsets,
+                                                      pa.py_buffer(chars)])
+
+    def batch(self, arrival: np.ndarray, client: np.ndarray, fields: dict[str, np.ndarray],
+              first_id: int) -> pa.RecordBatch:
+        n = len(arrival)
+        self._grow(n)
+        z = self.zeros
+        ids = self._ids(first_id, n)
+        empty = self.no_lists.slice(0, n)
+        if "image_offsets" in fields:
+            images = pa.ListArray.from_arrays(
+                _np_array(fields["image_offsets"], pa.int32(), np.int32),
+                _np_array(fields["image_tokens"], pa.int64(), np.int64))
+        else:
+            images = empty
+        reasoning = fields.get("reasoning_tokens")
+        cols = [
+            ids,
+            _np_array(arrival, pa.float64(), np.float64),
+            pc.take(self.client_names, _np_array(client, pa.int32(), np.int32),
+                    memory_pool=_POOL),
+            pa.Array.from_buffers(pa.string(), n, [None, self.app_offsets, self.app_chars]),
+            ids,
+            pa.Array.from_buffers(pa.int32(), n, [None, z]),
+            pa.Array.from_buffers(pa.float64(), n, [None, z]),
+            _np_array(fields["input_tokens"], pa.int64(), np.int64),
+            _np_array(fields["output_tokens"], pa.int64(), np.int64),
+            pa.Array.from_buffers(pa.int64(), n, [None, z]) if reasoning is None
+            else _np_array(reasoning, pa.int64(), np.int64),
+            empty,
+            images,
+            pa.Array.from_buffers(pa.string(), n, [z, z, z], null_count=n),
+        ]
+        return pa.RecordBatch.from_arrays(cols, schema=WORKLOAD_SCHEMA)
 
 
 def _batch(arrival: np.ndarray, client: np.ndarray, fields: dict[str, np.ndarray],
            client_names: pa.Array, app: str, first_id: int, width: int) -> pa.RecordBatch:
-    n = len(arrival)
-    ids = _ids(first_id, n, width)
-    if "image_offsets" in fields:
-        images = pa.ListArray.from_arrays(pa.array(fields["image_offsets"].astype(np.int32)),
-                                          pa.array(fields["image_tokens"], pa.int64()))
-    else:
-        images = _empty_lists(n)
-    cols = [
-        ids,
-        pa.array(arrival, pa.float64()),
-        pa.DictionaryArray.from_arrays(pa.array(client.astype(np.int32)),
-                                       client_names).cast(pa.string()),
-        _repeat_string(app, n),
-        ids,
-        pa.array(np.zeros(n, dtype=np.int32)),
-        pa.array(np.zeros(n)),
-        pa.array(fields["input_tokens"], pa.int64()),
-        pa.array(fields["output_tokens"], pa.int64()),
-        pa.array(fields.get("reasoning_tokens", np.zeros(n, np.int64)), pa.int64()),
-        _empty_lists(n),
-        images,
-        pa.nulls(n, pa.string()),
-    ]
-    return pa.RecordBatch.from_arrays(cols, schema=WORKLOAD_SCHEMA)
+    return _Columns(client_names, app, width).batch(arrival, client, fields, first_id)
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"--seed {seed!r} must be a whole number >= 0")
-    kids = np.random.SeedSequence([int(seed), 0x5E7E]).spawn(len(STREAMS))
-    return {n: np.random.default_rng(k) for n, k in zip(STREAMS, kids, strict=True)}
+    kids = SeedSequence([int(seed), 0x5E7E]).spawn(len(STREAMS))
+    return {n: default_rng(k) for n, k in zip(STREAMS, kids, strict=True)}
 
 
 def iter_workload_batches(
@@ -456,25 +554,27 @@ def iter_workload_batches(
     streams = _streams(seed)
     arrivals = _Arrivals(pool, mode, streams["arrivals"])
     lengths = _Lengths(pool, streams, correlated)
-    app = app or DEFAULT_APP[pool.kind]
-    names = pa.array(pool.client_ids.tolist(), pa.string())
+    columns = _Columns(pa.array(pool.client_ids.tolist(), pa.string()),
+                       app or DEFAULT_APP[pool.kind], width)
     rates = pool.rates
+    len_row = pool.len_row * pool.lengths.n_blocks
     next_id = 0
     buf_t: list[np.ndarray] = []
     buf_c: list[np.ndarray] = []
-    buf_w: list[np.ndarray] = []
+    buf_r: list[np.ndarray] = []  # each request's (client, block) length row
     batch_end = batch_s
 
     def flush() -> pa.RecordBatch | None:
         nonlocal next_id
         if not buf_t:
             return None
-        t, c, w = np.concatenate(buf_t), np.concatenate(buf_c), np.concatenate(buf_w)
+        t, c, r = np.concatenate(buf_t), np.concatenate(buf_c), np.concatenate(buf_r)
         buf_t.clear()
         buf_c.clear()
-        buf_w.clear()
-        f = lengths.sample(c, w)
-        b = _batch(t, c, f, names, app, next_id, width)
+        buf_r.clear()
+        f = lengths.sample_rows(r)
+        del r
+        b = columns.batch(t, c, f, next_id)
         next_id += len(t)
         return b
 
@@ -489,31 +589,43 @@ def iter_workload_batches(
         client, rel = arrivals.window(int(cw), share * masses[k])
         if len(client) == 0:
             continue
-        y = rate_fn.integral(plan.start[k]) + rel / share[client]
-        t = rate_fn.inverse_integral(y)
+        rel /= share[client]
+        rel += rate_fn.integral(plan.start[k])
+        t = rate_fn.inverse_integral(rel)
+        del rel
         ok = (t >= plan.start[k]) & (t < plan.end[k])
-        client, t = client[ok], t[ok]
+        if not ok.all():
+            client, t = client[ok], t[ok]
         order = np.argsort(t, kind="stable")
+        client = client[order]
         buf_t.append(t[order])
-        buf_c.append(client[order])
-        buf_w.append(np.full(len(t), plan.pool_w[k], dtype=np.int64))
+        buf_c.append(client)
+        buf_r.append(len_row[client] + pool.block[plan.pool_w[k]])
     if (b := flush()) is not None:
         yield b
 
 
 def generate_workload(pool: ClientPool, duration_s: float, **options: object) -> pa.Table:
-    """A Workload table from ``pool`` over ``duration_s`` (see :func:`iter_workload_batches`)."""
+    """A Workload table from ``pool`` over ``duration_s`` (see :func:`iter_workload_batches`).
+
+    Built from 600 s batches (unless ``batch_s`` says otherwise): the same rows as any other
+    batch size, with the working memory of one batch instead of one hour."""
+    options.setdefault("batch_s", 600.0)
     batches = list(iter_workload_batches(pool, duration_s, **options))  # type: ignore[arg-type]
     table = pa.Table.from_batches(batches, schema=WORKLOAD_SCHEMA)
     return conform_workload(table, f"workload from pool {pool.name}")
 
 
 def write_workload_parquet(batches: Iterable[pa.RecordBatch], path: str | Path) -> int:
-    """Write batches to Parquet incrementally (temp file + rename); returns the row count."""
+    """Write batches to Parquet incrementally (temp file + rename); returns the row count.
+
+    Dictionary encoding only for the string columns that repeat (client, app): for the ids,
+    unique per row, it would cost memory and time for nothing."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with pq.ParquetWriter(tmp, WORKLOAD_SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, WORKLOAD_SCHEMA, compression="zstd",
+                          use_dictionary=["client_id", "app"]) as writer:
         for b in batches:
             writer.write_batch(b)
             n += b.num_rows

@@ -28,6 +28,8 @@ WINDOW_S = 600.0
 BLOCK_S = 21600.0
 
 KINDS = ("language", "reason", "multimodal")
+_GUIDE_CACHE_ENTRIES = 1 << 20  # SparseDist keeps a guide table this big (32 MB) at most
+_SAMPLE_BLOCK = 1 << 14
 # Gap families in the ``pattern`` matrix.
 PATTERN_NONE, PATTERN_GAMMA, PATTERN_WEIBULL = 0, 1, 2
 PATTERN_NAMES = {"": PATTERN_NONE, "Gamma": PATTERN_GAMMA, "Weibull": PATTERN_WEIBULL}
@@ -78,19 +80,71 @@ class SparseDist:
         return self.values[a:b], np.diff(self.cum[a:b], prepend=0.0)
 
     def sample_rows(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Inverse-CDF samples: ``u[i]`` in [0, 1) drawn from row ``rows[i]`` (rows non-empty)."""
+        """Inverse-CDF samples: ``u[i]`` in [0, 1) drawn from row ``rows[i]`` (rows non-empty).
+
+        Sample ``i`` is the first entry of its row whose cumulative probability exceeds ``u[i]``
+        (monotone in ``u``, so one ``u`` shared by several fields gives rank-correlated draws).
+        Only the rows in use are touched: a guide table over them (Chen's indexed search) gives
+        each draw a start one or two entries before its answer, so a draw costs O(1) instead
+        of a binary search.
+        """
         rows = np.asarray(rows, dtype=np.int64)
+        u = np.asarray(u, dtype=np.float64)
         if len(rows) == 0:
             return np.zeros(0, dtype=np.float64)
-        a = self.offsets[rows]
-        b = self.offsets[rows + 1]
-        if np.any(b <= a):
+        if not (u.min() >= 0.0 and u.max() < 1.0):
+            raise ValueError("sample_rows needs uniform numbers in [0, 1)")
+        used, local = _compact_rows(rows, self.n_rows)
+        start, values, cum, guide = self._guide(used)
+        out = np.empty(len(rows), dtype=np.float64)
+        left: list[tuple[np.ndarray, np.ndarray]] = []
+        # In blocks of a few thousand draws: the temporaries stay small and are reused from
+        # block to block (large fresh ones would cost a page fault per 4 KiB each time).
+        for a in range(0, len(rows), _SAMPLE_BLOCK):
+            b = a + _SAMPLE_BLOCK
+            j, todo = _guided_walk(start, cum, guide, local[a:b], u[a:b])
+            out[a:b] = values[j]
+            if len(todo):
+                left.append((todo + a, j[todo]))
+        if left:  # the few draws still short of their answer finish by bisection
+            todo = np.concatenate([t for t, _ in left])
+            lo, uu = np.concatenate([j for _, j in left]), u[todo]
+            hi = start[local[todo] + 1] - 1  # the row's last entry (cum = 1 > u)
+            while np.any(lo < hi):
+                mid = (lo + hi) >> 1
+                right = cum[mid] <= uu
+                lo = np.where(right, mid + 1, lo)
+                hi = np.where(right, hi, mid)
+            out[todo] = values[lo]
+        return out
+
+    def _guide(self, used: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the rows ``used``: (their starts in a compact copy, its values (float64), its
+        cum, the guide table). The last one built is kept when small: the batches of a
+        generation draw from the same rows."""
+        key = used.tobytes()
+        cached = self.__dict__.get("_guide_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sizes = self.offsets[used + 1] - self.offsets[used]
+        if np.any(sizes <= 0):
             raise AssertionError("sampling from an empty distribution row")
-        # Global key: row index + cumulative probability is non-decreasing over the whole array.
-        key = _global_key(self)
-        idx = np.searchsorted(key, rows + np.asarray(u, dtype=np.float64), side="right")
-        idx = np.clip(idx, a, b - 1)
-        return self.values[idx]
+        start = np.zeros(len(used) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=start[1:])
+        # Global index of each entry of the rows in use, in row order.
+        gidx = np.repeat(self.offsets[used] - start[:-1], sizes) + np.arange(start[-1])
+        cum = self.cum[gidx]
+        size_of = np.repeat(sizes, sizes)
+        # Guide: cell k of a row with m entries starts at the first entry j whose cum[j]·m
+        # exceeds k (less a margin for rounding), so it never starts past the answer of a u in
+        # [k/m, (k+1)/m). Entries are counted in whole numbers, so the table is exact.
+        n_below = np.minimum(np.ceil(cum * size_of + 1e-6), size_of).astype(np.int64)
+        guide = np.searchsorted(n_below + np.repeat(start[:-1], sizes), np.arange(start[-1]),
+                                side="right")
+        out = (start, self.values[gidx].astype(np.float64, copy=False), cum, guide)
+        if start[-1] <= _GUIDE_CACHE_ENTRIES:
+            object.__setattr__(self, "_guide_cache", (key, out))
+        return out
 
     @staticmethod
     def from_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> SparseDist:
@@ -103,13 +157,36 @@ class SparseDist:
         return SparseDist(offsets, values.astype(np.float64), _row_cumsum(probs, offsets))
 
 
-def _global_key(d: SparseDist) -> np.ndarray:
-    key = d.__dict__.get("_key")
-    if key is None:
-        row_of = np.repeat(np.arange(d.n_rows, dtype=np.float64), d.row_sizes())
-        key = frozen(row_of + d.cum)
-        object.__setattr__(d, "_key", key)
-    return key
+def _guided_walk(start: np.ndarray, cum: np.ndarray, guide: np.ndarray, local: np.ndarray,
+                 u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each draw (in the compact rows of :meth:`SparseDist._guide`): an entry ``j`` of row
+    ``local`` at or before the first one whose cumulative probability exceeds ``u``, and the
+    draws not there yet (``cum[j] <= u``), after at most two steps forward from the guide."""
+    # The guide cell: start of the row + floor(u · row size), at most the row's last cell.
+    first = start[local]
+    size = start[local + 1] - first
+    cell = (u * size).astype(np.int64)
+    np.minimum(cell, size - 1, out=cell)
+    cell += first
+    j = guide[cell]
+    todo = np.flatnonzero(cum[j] <= u)
+    for _ in range(2):
+        if not len(todo):
+            break
+        j[todo] += 1
+        todo = todo[cum[j[todo]] <= u[todo]]
+    return j, todo
+
+
+def _compact_rows(rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows in ``rows``, sorted; each element's index among them), without a sort
+    of ``rows`` itself."""
+    mark = np.zeros(n_rows, dtype=bool)
+    mark[rows] = True
+    used = np.flatnonzero(mark)
+    local_of = np.zeros(n_rows, dtype=np.int64)
+    local_of[used] = np.arange(len(used))
+    return used, local_of[rows]
 
 
 def _row_cumsum(probs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
