@@ -55,6 +55,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """slobench: benchmark LLM serving against per-application SLOs."""
 
 
+from slobench.cli import capacity as _capacity  # noqa: E402,F401
 from slobench.cli import emulate as _emulate  # noqa: E402,F401  (registers the verb)
 from slobench.cli import generate as _generate  # noqa: E402,F401
 from slobench.cli import report as _report  # noqa: E402,F401
