@@ -173,3 +173,38 @@ def average_trials(trials: list[Trial]) -> Trial:
                  ttft_p99_s=max((t.ttft_p99_s for t in trials if t.ttft_p99_s is not None),
                                 default=None),
                  repeats=len(trials), run_ids=[r for t in trials for r in t.run_ids])
+
+
+def min_replicas(evaluate: Callable[[int], Trial], *, max_replicas: int = 64,
+                 on_trial: Callable[[Trial], None] | None = None
+                 ) -> tuple[int | None, list[Trial]]:
+    """The fewest replicas whose trial passes (``Trial.load`` holds the replica count),
+    assuming more replicas never hurt: double from 1 until one passes, then bisect."""
+    trials: list[Trial] = []
+
+    def run(n: int) -> Trial:
+        t = evaluate(n)
+        trials.append(t)
+        if on_trial is not None:
+            on_trial(t)
+        return t
+
+    lo_fail, hi_pass = 0, None
+    n = 1
+    while n <= max_replicas:
+        if run(n).passed:
+            hi_pass = n
+            break
+        lo_fail, n = n, n * 2
+    if hi_pass is None:
+        if lo_fail < max_replicas and run(max_replicas).passed:
+            hi_pass = max_replicas
+        else:
+            return None, trials
+    while hi_pass - lo_fail > 1:
+        mid = (lo_fail + hi_pass) // 2
+        if run(mid).passed:
+            hi_pass = mid
+        else:
+            lo_fail = mid
+    return hi_pass, trials
