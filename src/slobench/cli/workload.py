@@ -16,6 +16,7 @@ from rich.text import Text
 from slobench.cli.main import app, user_errors
 from slobench.errors import UserError
 from slobench.report.terminal import console, fmt_frac, fmt_rate, fmt_s
+from slobench.workload.realism import MIN_WINDOWS
 from slobench.workload.traces import FORMATS
 
 workload_app = typer.Typer(
@@ -203,4 +204,119 @@ def render(stats: dict[str, Any], source: str) -> Group:
             f"{fmt_frac(p['first_block_reuse'])} of requests; {fmt_frac(p['block_reuse'])} of "
             f"blocks seen before (unbounded prefix-cache hit ratio).")
     parts.extend(Text(line) for line in lines)
+    return Group(*parts)
+
+
+# ----------------------------------------------------------------------------- compare
+
+_VERDICT_STYLE = {"close": "green", "differs": "yellow", "far": "bold red", "n/a": "dim"}
+_SHARE_KEYS = ("top1_share", "top5_share", "followup_share", "block_reuse")
+
+
+@workload_app.command("compare")
+@user_errors
+def compare(
+    a: str = typer.Argument(..., help="Workload A: a workload or trace file, a ServeGen pool "
+                            "directory, or profile:NAME."),
+    b: str = typer.Argument(..., help="Workload B, the reference (same forms as A)."),
+    duration: str = typer.Option("1h", "--duration", "-d", help="Span generated for a pool or "
+                                 "profile (files are used whole)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for a pool or profile."),
+    plots: Path = typer.Option(None, "--plots", help="Write compare.html (and PNGs when kaleido "
+                               "or matplotlib is installed) into this directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of "
+                                 "the table."),
+) -> None:
+    """Realism report of A against the reference B: rate, burstiness across time scales,
+    lengths, clients, sessions, each judged close / differs / far (see docs/realism.md)."""
+    from slobench.units import parse_duration
+    from slobench.workload.realism import compare_workloads, load_source
+
+    duration_s = float(parse_duration(duration, "--duration", allow_zero=False) or 0.0)
+    if seed < 0:
+        raise UserError(f"--seed {seed} must be a whole number >= 0")
+    table_a, desc_a = load_source(a, duration_s=duration_s, seed=seed)
+    table_b, desc_b = load_source(b, duration_s=duration_s, seed=seed)
+    report = compare_workloads(table_a, table_b, names=("A", "B"))
+    report["sources"] = {"A": desc_a, "B": desc_b}
+    notes: list[str] = []
+    if plots is not None:
+        from slobench.report.realism_plots import PngUnavailable, write_html, write_pngs
+
+        notes.append(f"HTML report written to {write_html(report, plots / 'compare.html')}")
+        try:
+            paths = write_pngs(report, plots)
+            notes.append(f"{len(paths)} PNG figure(s) written to {plots}")
+        except PngUnavailable as exc:
+            sys.stderr.write(f"warning: PNG figures skipped: {exc}\n")
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        for note in notes:
+            sys.stderr.write(note + "\n")
+        return
+    out = console()
+    out.print(render_compare(report))
+    for note in notes:
+        out.print(Text(note, style="dim"))
+
+
+def _value(key: str, v: Any) -> str:
+    if v is None:
+        return "–"
+    if key in _SHARE_KEYS:
+        return fmt_frac(v)
+    return _num(v) if abs(float(v)) >= 10 or float(v) == int(v) else f"{float(v):.3g}"
+
+
+def _distance(s: dict[str, Any], d: float | None = None) -> str:
+    """A distance (or a threshold, ``d``) in the unit of its measure."""
+    d = s["distance"] if d is None else d
+    if d is None:
+        return "–"
+    if d == float("inf"):
+        return "∞"
+    m = s["measure"]
+    if m == "rel. diff":
+        return f"{d:.1%}"
+    if m == "ratio":
+        return f"×{d:.2f}"
+    if m == "abs. diff":
+        return f"±{d:.3f}"
+    if m == "wasserstein":
+        return f"W1 {d:.1%}"
+    return f"KS {d:.3f}"
+
+
+def _threshold(s: dict[str, Any], d: float) -> str:
+    m = s["measure"]
+    if m in ("rel. diff", "wasserstein"):
+        return f"{d:.0%}"
+    return f"×{d:g}" if m == "ratio" else f"{d:g}"
+
+
+def render_compare(report: dict[str, Any]) -> Group:
+    """The comparison table (fits 100 columns) and the summary line."""
+    parts: list[Any] = []
+    for side, key in (("A", "a"), ("B", "b")):
+        s = report[key]
+        src = report.get("sources", {}).get(side, side)
+        parts.append(Text(f"{side}: {src}: {s['requests']:,} requests over "
+                          f"{_span(s['span_s'])}, {fmt_rate(s['mean_rate_rps'], ' req/s')}"
+                          + ("  (reference)" if side == "B" else "")))
+    t = _table("statistic", "A", "B", "distance", "close / far", "verdict")
+    group = None
+    for s in report["statistics"]:
+        if s["group"] != group and group is not None:
+            t.add_section()
+        group = s["group"]
+        v = s["verdict"]
+        t.add_row(s["label"], _value(s["key"], s["a"]), _value(s["key"], s["b"]), _distance(s),
+                  f"{_threshold(s, s['close'])} / {_threshold(s, s['far'])}",
+                  Text(v, style=_VERDICT_STYLE.get(v, "")))
+    parts.append(t)
+    style = _VERDICT_STYLE.get(report["verdict"], "")
+    parts.append(Text(report["summary"], style=style))
+    if report["counts"].get("n/a"):
+        parts.append(Text("n/a: not judged (a value missing on a side, or fewer than "
+                          f"{MIN_WINDOWS} whole windows at that time scale)", style="dim"))
     return Group(*parts)

@@ -114,9 +114,8 @@ def burstiness_by_scale(arrival: np.ndarray, scales_s: Sequence[float] = DEFAULT
         k = math.floor(span / w) if w > 0 else 0
         row: dict[str, Any] = {"window_s": w, "windows": k, "mean_count": None, "cv": None,
                                "poisson_cv": None, "dispersion": None}
-        if k >= 2:
-            idx = np.floor((arr - arr[0]) / w).astype(np.int64)
-            counts = np.bincount(idx[idx < k], minlength=k).astype(np.float64)
+        counts = window_counts(arr, w)
+        if counts is not None:
             mean = float(counts.mean())
             var = float(counts.var())
             row["mean_count"] = mean
@@ -126,6 +125,18 @@ def burstiness_by_scale(arrival: np.ndarray, scales_s: Sequence[float] = DEFAULT
                 row["dispersion"] = var / mean
         out.append(row)
     return out
+
+
+def window_counts(sorted_arrival: np.ndarray, window_s: float) -> np.ndarray | None:
+    """Requests in each consecutive whole window of ``window_s`` from the first arrival (the
+    partial window at the end is dropped); ``None`` when fewer than two whole windows fit."""
+    arr = sorted_arrival
+    span = float(arr[-1] - arr[0]) if arr.size else 0.0
+    k = math.floor(span / window_s) if window_s > 0 else 0
+    if k < 2:
+        return None
+    idx = np.floor((arr - arr[0]) / window_s).astype(np.int64)
+    return np.bincount(idx[idx < k], minlength=k).astype(np.float64)
 
 
 def choose_bin_s(span_s: float, n: int) -> float:
