@@ -170,7 +170,8 @@ def generate(
                                 f"{', '.join(profile_names())} (docs/profiles.md).",
                                 rich_help_panel=SOURCE),
     pool: Path = typer.Option(None, "--pool", help="A ServeGen pool directory "
-                              "(chunk-N-trace.csv, chunk-N-dataset.json).",
+                              "(chunk-N-trace.csv, chunk-N-dataset.json), or a pool file "
+                              "from `slobench fit`.",
                               rich_help_panel=SOURCE),
     rate: str = typer.Option(None, "--rate", "-r", help="Aggregate req/s. Profile/pool: trace "
                              "(default), trace*2, peak:50, file:rates.csv, 10, ramp:1..20/60s, "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from slobench.errors import UserError
 from slobench.workload.pool import (
+    BLOCK_S,
     PATTERN_GAMMA,
     ClientPool,
     LengthTable,
@@ -106,13 +108,27 @@ def profile_info(name: str) -> dict[str, object]:
 @lru_cache(maxsize=8)
 def load_profile(name: str) -> ClientPool:
     """The built-in profile ``name`` as a :class:`ClientPool` (no data directory needed)."""
-    path = _path(name)
+    return _load_npz(_path(name), f"profile {name}", name,
+                     "reinstall slobench")
+
+
+def load_pool_file(path: str | Path) -> ClientPool:
+    """A pool saved in our own format (``save_profile``; e.g. by ``slobench fit``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such pool file; give a .npz pool (slobench fit -o) or a "
+                        "ServeGen pool directory")
+    return _load_npz(path, f"pool {path}", path.name.removesuffix(".npz"),
+                     "write it again with slobench fit")
+
+
+def _load_npz(path: Path, label: str, name: str, fix: str) -> ClientPool:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT_VERSION:
-                raise UserError(f"profile {name}: format {meta.get('format')} is not "
-                                f"{FORMAT_VERSION}; reinstall slobench")
+                raise UserError(f"{label}: format {meta.get('format')} is not "
+                                f"{FORMAT_VERSION}; {fix}")
             fields = {}
             for f in meta["fields"]:
                 offsets = z[f"field.{f}.offsets"].astype(np.int64)
@@ -121,19 +137,28 @@ def load_profile(name: str) -> ClientPool:
                 fields[f] = SparseDist(offsets, values, _cum(probs, offsets))
             f64 = {k: z[k].astype(np.float64) for k in ("rates", "cvs", "shape", "scale",
                                                          "window_start", "window_dur")}
+            report: dict[str, object] = {"source": label, "derived_from": meta.get("source")}
+            if path.parent == PROFILE_DIR:
+                report["profile"] = name
+            for k in ("fit", "sessions"):  # a fitted pool's facts travel with it
+                if k in meta:
+                    report[k] = meta[k]
             return ClientPool(
-                name=name, kind=meta["kind"], client_ids=z["client_ids"].astype(str),
+                name=meta.get("name") or name, kind=meta["kind"],
+                client_ids=z["client_ids"].astype(str),
                 window_start=f64["window_start"], window_dur=f64["window_dur"],
                 rates=f64["rates"], cvs=f64["cvs"], pattern=z["pattern"].astype(np.int8),
                 shape=f64["shape"], scale=f64["scale"],
-                lengths=LengthTable(fields, int(meta["n_rows"]), int(meta["n_blocks"])),
+                lengths=LengthTable(fields, int(meta["n_rows"]), int(meta["n_blocks"]),
+                                    float(meta.get("block_s", BLOCK_S))),
                 len_row=z["len_row"].astype(np.int64), block=z["block"].astype(np.int64),
                 borrowed=tuple(meta.get("borrowed", ())),
-                report={"source": f"profile {name}", "profile": name,
-                        "derived_from": meta.get("source")},
+                report=report,
             )
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise UserError(f"profile {name}: {path} is damaged ({exc}); reinstall slobench") from None
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError,
+            zipfile.BadZipFile) as exc:
+        raise UserError(f"{label}: {path} is damaged or not a pool file ({exc}); {fix}"
+                        ) from None
 
 
 def _cum(probs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -254,8 +279,10 @@ def build_profile(source: ClientPool, name: str, *, cover: float = 0.9,
     return profile, facts
 
 
-def save_profile(profile: ClientPool, path: str | Path, meta: dict[str, object]) -> int:
-    """Write ``profile`` as a compressed ``.npz`` (numbers and strings only); returns its size."""
+def save_profile(profile: ClientPool, path: str | Path, meta: dict[str, object], *,
+                 extra: dict[str, np.ndarray] | None = None) -> int:
+    """Write ``profile`` as a compressed ``.npz`` (numbers and strings only); returns its size.
+    ``extra``: more arrays to store beside it (the loader ignores them)."""
     arrays: dict[str, np.ndarray] = {
         "client_ids": np.asarray(profile.client_ids, dtype=str),
         "window_start": profile.window_start.astype(np.float64),
@@ -266,7 +293,8 @@ def save_profile(profile: ClientPool, path: str | Path, meta: dict[str, object])
         "shape": profile.shape.astype(np.float32),
         "scale": profile.scale.astype(np.float32),
         "len_row": profile.len_row.astype(np.int32),
-        "block": profile.block.astype(np.int16),
+        "block": profile.block.astype(np.int16 if profile.lengths.n_blocks < 1 << 15
+                                      else np.int32),
     }
     for f, d in profile.lengths.fields.items():
         arrays[f"field.{f}.offsets"] = d.offsets.astype(np.int32)
@@ -275,6 +303,7 @@ def save_profile(profile: ClientPool, path: str | Path, meta: dict[str, object])
     full = {"format": FORMAT_VERSION, "name": profile.name, "kind": profile.kind,
             "fields": sorted(profile.lengths.fields), "n_rows": profile.lengths.n_rows,
             "n_blocks": profile.lengths.n_blocks, "borrowed": list(profile.borrowed), **meta}
+    arrays.update(extra or {})
     arrays["meta"] = np.array(json.dumps(full, sort_keys=True))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

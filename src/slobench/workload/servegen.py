@@ -1094,8 +1094,13 @@ def load_pool(path: str | Path, *, missing: str = "borrow", cache: bool = True,
               cache_dir: str | Path | None = None) -> ClientPool:
     """Load a ServeGen pool directory as a :class:`ClientPool` (cached; see the module doc).
 
+    A file (not a directory) is read as a pool in our own format (``profiles.load_pool_file``).
     ``pool.report`` says where it came from, whether the cache was used, and which clients had a
     trace but no dataset file (``missing_dataset``) and what was done with them.
     """
+    if Path(path).is_file():  # our own pool format (slobench fit -o, a saved profile)
+        from slobench.workload.profiles import load_pool_file
+
+        return load_pool_file(path)
     data, report = read_servegen(path, cache=cache, cache_dir=cache_dir)
     return pool_from_data(data, missing=missing, report=report)
