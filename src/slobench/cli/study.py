@@ -214,3 +214,134 @@ def provisioning_markdown(report: dict[str, Any]) -> str:
                      f"{_rps(r.get('naive_capacity_rps'))} | "
                      f"{_pct(r.get('naive_overestimates_capacity'))} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-load comparison
+
+STEP_METRICS = (
+    ("throughput", "completed req/s", lambda b: b["throughput"]["requests_per_s"], "max"),
+    ("goodput", "goodput req/s", lambda b: b["goodput_rps"], "max"),
+    ("ttft_p50", "TTFT p50 (s)", lambda b: b["latency"]["ttft"].get("p50"), "min"),
+    ("ttft_p99", "TTFT p99 (s)", lambda b: b["latency"]["ttft"].get("p99"), "min"),
+    ("tpot_p50", "TPOT p50 (s)", lambda b: b["latency"]["tpot"].get("p50"), "min"),
+    ("e2e_p99", "E2E p99 (s)", lambda b: b["latency"]["e2e"].get("p99"), "min"),
+)
+
+
+def step_windows(plan: Any) -> list[tuple[int, float, float]]:
+    """(users, start, end) of every step of a step ramp."""
+    starts = plan.ramp_start_times()
+    times = sorted(set(starts))
+    out = []
+    for k, t in enumerate(times):
+        end = times[k + 1] if k + 1 < len(times) else t + plan.ramp_interval_s
+        out.append((sum(1 for s in starts if s <= t), t, end))
+    return out
+
+
+def step_table(results: dict[str, list[dict[str, Any]]], metric: str) -> Table:
+    """One metric: a row per step, a column per target, the best of each row in bold."""
+    label, better = next((lab, b) for m, lab, _, b in STEP_METRICS if m == metric)
+    targets = list(results)
+    table = Table(title=label, title_justify="left")
+    table.add_column("users", justify="right")
+    for t in targets:
+        table.add_column(t, justify="right")
+    n_steps = max(len(v) for v in results.values())
+    for k in range(n_steps):
+        values = []
+        for t in targets:
+            steps = results[t]
+            values.append(steps[k]["metrics"].get(metric) if k < len(steps) else None)
+        known = [v for v in values if v is not None]
+        best = (max(known) if better == "max" else min(known)) if known else None
+        users = next(results[t][k]["users"] for t in targets if k < len(results[t]))
+        cells = []
+        for v in values:
+            text = "—" if v is None else f"{v:.3g}"
+            cells.append(f"[bold green]{text}[/bold green]" if v is not None and v == best
+                         and len(known) > 1 else text)
+        table.add_row(str(users), *cells)
+    return table
+
+
+@study_app.command("steps")
+@user_errors
+def steps(
+    targets: list[str] = typer.Option(..., "--target", "-t", help="A server URL, or "
+                                      "emulator:GPU (e.g. emulator:h100, emulator:l40s) to "
+                                      "start the built-in emulator; repeat for each target."),
+    ramp: str = typer.Option("2+2/10s..16", "--ramp", help="Step ramp: START+STEP/INTERVAL..MAX"
+                             " users (the same for every target)."),
+    engine_preset: str = typer.Option("generic", "--engine", "-e", help="Request fields preset "
+                                      "for URL targets."),
+    input_tokens: str = typer.Option("lognormal:mean=512,cv=0.6,max=4096", "--input-tokens",
+                                     help="Prompt lengths."),
+    output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",
+                                      help="Output lengths."),
+    think_time: str = typer.Option("0s", "--think-time", help="Pause between a user's "
+                                   "requests."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the workload."),
+    slo: str = typer.Option(None, "--slo", "-s", help="SLOs per class (docs/slo.md)."),
+    model: str = engine_model_option(),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Where runs and the report go."),
+) -> None:
+    """The same step ramp of closed-loop users against several targets, and one table per
+    metric (a row per step, a column per target): no single metric has a single winner."""
+    import contextlib
+
+    from slobench.benchmark import BenchmarkConfig, TargetConfig, built_in_target, run_benchmark
+    from slobench.cli.run import parse_ramp
+    from slobench.client.pacing import LoadPlan
+    from slobench.client.runner import Timeouts
+    from slobench.engine.config import EngineConfig
+    from slobench.slo.spec import parse_slo
+    from slobench.slo.summary import summarize
+    from slobench.workload.synthetic import synthetic_workload
+
+    parse_slo(slo)
+    r_start, r_step, r_interval, r_max = parse_ramp(ramp)
+    plan = LoadPlan(mode="ramp", ramp_start=r_start, ramp_step=r_step,
+                    ramp_interval_s=r_interval, ramp_max=r_max,
+                    think_s=parse_duration(think_time, "--think-time")).validate()
+    windows = step_windows(plan)
+    plan = LoadPlan(**{**plan.__dict__, "duration_s": windows[-1][2]}).validate()
+    table = synthetic_workload(process="constant", rate=1000.0, n_requests=5000,
+                               input_tokens=input_tokens, output_tokens=output_tokens,
+                               apps="chatbot", seed=seed)
+    folder = out / time.strftime("study-steps-%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    slos = parse_slo(slo)
+    err = console(stderr=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for k, spec in enumerate(targets):
+        with contextlib.ExitStack() as stack:
+            if spec.startswith("emulator:"):
+                engine = EngineConfig(model=model, gpu=spec.split(":", 1)[1]).validate_all()
+                url = stack.enter_context(built_in_target(engine))
+                preset = "vllm"
+            else:
+                url, preset = spec, engine_preset
+            err.print(f"[dim]{spec}: ramp {ramp} ({windows[-1][2]:.0f} s)...[/dim]")
+            analysis = run_benchmark(table, BenchmarkConfig(
+                target=TargetConfig(url=url, engine=preset), plan=plan,
+                timeouts=Timeouts(request_s=120, stall_s=60), slo=slo, out=folder,
+                run_id=f"target-{k + 1}"))
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(analysis.run.path / "records.parquet")
+        per_step = []
+        for users, a, b in windows:
+            summary = summarize(records, slos, window=(a, b))
+            block = summary["overall"]
+            per_step.append({"users": users, "window": [a, b], "metrics": {
+                m: pick(block) for m, _, pick, _ in STEP_METRICS}})
+        results[spec] = per_step
+    report = {"study": "steps", "ramp": ramp, "targets": targets, "slo": slo,
+              "results": results}
+    (folder / "steps.json").write_text(json.dumps(report, indent=2) + "\n")
+    con = console()
+    for metric, *_ in STEP_METRICS:
+        con.print(step_table(results, metric))
+    con.print(f"Report: {folder / 'steps.json'}")
