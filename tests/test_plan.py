@@ -72,3 +72,16 @@ def test_cli_grid(tmp_path):
 def test_cli_bad_grid_value(tmp_path):
     r = CliRunner().invoke(app, ["plan", "--tp", "one", "-o", str(tmp_path)])
     assert r.exit_code != 0 and "whole number" in r.output and "Traceback" not in r.output
+
+
+def test_scaling_out_that_cannot_help_stops_early():
+    from slobench.slo.capacity import Trial
+
+    calls = []
+
+    def evaluate(n: int) -> Trial:  # an SLO no replica count can meet, never overloaded
+        calls.append(n)
+        return Trial(load=n, offered_rps=1.0, attainment=0.5, goodput_rps=0.5, passed=False)
+
+    best, trials = min_replicas(evaluate, max_replicas=256)
+    assert best is None and calls == [1, 2]

@@ -179,7 +179,8 @@ def min_replicas(evaluate: Callable[[int], Trial], *, max_replicas: int = 64,
                  on_trial: Callable[[Trial], None] | None = None
                  ) -> tuple[int | None, list[Trial]]:
     """The fewest replicas whose trial passes (``Trial.load`` holds the replica count),
-    assuming more replicas never hurt: double from 1 until one passes, then bisect."""
+    assuming more replicas never hurt: double from 1 until one passes, then bisect. Gives up
+    (None) when doubling neither helps attainment nor leaves a trial overloaded."""
     trials: list[Trial] = []
 
     def run(n: int) -> Trial:
@@ -191,10 +192,17 @@ def min_replicas(evaluate: Callable[[int], Trial], *, max_replicas: int = 64,
 
     lo_fail, hi_pass = 0, None
     n = 1
+    prev: Trial | None = None
     while n <= max_replicas:
-        if run(n).passed:
+        t = run(n)
+        if t.passed:
             hi_pass = n
             break
+        if prev is not None and t.attainment <= prev.attainment + 1e-3 and not t.saturated:
+            # twice the replicas, no better and not overloaded: scaling out cannot meet the
+            # SLOs (e.g. prompts whose prefill alone exceeds the TTFT target)
+            return None, trials
+        prev = t
         lo_fail, n = n, n * 2
     if hi_pass is None:
         if lo_fail < max_replicas and run(max_replicas).passed:
