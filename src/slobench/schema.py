@@ -151,6 +151,20 @@ def conform_workload(table: pa.Table, source: str = "workload") -> pa.Table:
     return table
 
 
+def string_codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (0..k-1, in order of first appearance) and the distinct values of a
+    column, as strings."""
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not pa.types.is_string(col.type):
+        col = pc.cast(col, pa.string())
+    enc = pc.dictionary_encode(col)
+    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            [str(v) for v in enc.dictionary.to_pylist()])
+
+
 def session_links(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """The turn order of sessions: ``(prev, next)``, for each row the row index of the turn
     before and after it in its session, or -1.

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from scipy import special
 
 from slobench.errors import UserError, did_you_mean
+from slobench.schema import string_codes as _codes
 from slobench.workload.pool import (
     PATTERN_GAMMA,
     PATTERN_WEIBULL,
@@ -159,14 +160,6 @@ class _Log:
     think: np.ndarray | None
     source: str
     fmt: str
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    enc = pc.dictionary_encode(pc.cast(col, pa.string()))
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks()
-    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-            [str(x) for x in enc.dictionary.to_pylist()])
 
 
 def _log_from_table(table: pa.Table, cols: dict[str, str], source: str, fmt: str,

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from slobench.schema import string_codes as _codes
 from slobench.slo.stats import percentiles
 
 DEFAULT_SCALES_S: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
@@ -341,15 +342,6 @@ def prefix_reuse(col: pa.ChunkedArray | pa.Array) -> dict[str, Any] | None:
 
 def _ints(table: pa.Table, name: str) -> np.ndarray:
     return table[name].to_numpy().astype(np.int64, copy=False)
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (0..k-1) and the distinct values of a string column."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    enc = pc.dictionary_encode(col)
-    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-            [str(v) for v in enc.dictionary.to_pylist()])
 
 
 def _rank(counts: np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -58,6 +58,7 @@ from scipy.stats import poisson
 
 from slobench.errors import UserError, did_you_mean
 from slobench.schema import WORKLOAD_SCHEMA, conform_workload
+from slobench.schema import string_codes as _codes
 from slobench.units import parse_duration
 from slobench.workload.lengths import (
     _HARD_MAX,
@@ -670,14 +671,6 @@ def _length_quantile(dist: LengthDist, u: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Sessionizing
-
-
-def _codes(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    enc = pc.dictionary_encode(col)
-    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-            [str(v) for v in enc.dictionary.to_pylist()])
 
 
 def _seg_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
