@@ -84,4 +84,4 @@ def test_scaling_out_that_cannot_help_stops_early():
         return Trial(load=n, offered_rps=1.0, attainment=0.5, goodput_rps=0.5, passed=False)
 
     best, trials = min_replicas(evaluate, max_replicas=256)
-    assert best is None and calls == [1, 2]
+    assert best is None and calls == [1, 2] and len(trials) == 2

@@ -64,4 +64,5 @@ from slobench.cli import report as _report  # noqa: E402,F401
 from slobench.cli import run as _run  # noqa: E402,F401
 from slobench.cli import simulate as _simulate  # noqa: E402,F401
 from slobench.cli import study as _study  # noqa: E402,F401
+from slobench.cli import sweep as _sweep  # noqa: E402,F401
 from slobench.cli import workload as _workload  # noqa: E402,F401
