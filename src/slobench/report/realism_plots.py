@@ -13,7 +13,6 @@ import html
 from pathlib import Path
 from typing import Any
 
-from slobench.errors import UserError
 from slobench.report.workload_plots import (
     _COLORS,
     PngUnavailable,
@@ -22,6 +21,7 @@ from slobench.report.workload_plots import (
     _plotly,
     _slug,
     _write,
+    pngs_with_fallback,
 )
 
 RATE = "Request rate over time"
@@ -170,21 +170,7 @@ close when its distance is at most the first threshold, far above the second (do
 def write_pngs(report: dict[str, Any], directory: str | Path) -> list[Path]:
     """One PNG per figure in ``directory`` with plotly + kaleido; else matplotlib; else raises
     PngUnavailable naming what to install."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{directory}: cannot create the plots directory ({exc})") from None
-    reasons = []
-    try:
-        return _pngs_plotly(report, directory)
-    except PngUnavailable as exc:
-        reasons.append(str(exc))
-    try:
-        return _pngs_matplotlib(report, directory)
-    except PngUnavailable as exc:
-        reasons.append(str(exc))
-    raise PngUnavailable("; ".join(reasons))
+    return pngs_with_fallback(report, directory, _pngs_plotly, _pngs_matplotlib)
 
 
 def _pngs_plotly(report: dict[str, Any], directory: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,20 +253,24 @@ and an index of dispersion of 1 at every time scale; larger values mean burstier
 def write_pngs(stats: dict[str, Any], directory: str | Path) -> list[Path]:
     """One PNG per figure in ``directory`` (created). Plotly + kaleido when they work, else
     matplotlib; raises PngUnavailable when neither can draw."""
+    return pngs_with_fallback(stats, directory, _pngs_plotly, _pngs_matplotlib)
+
+
+def pngs_with_fallback(data: Any, directory: str | Path,
+                       *drawers: Callable[[Any, Path], list[Path]]) -> list[Path]:
+    """Create ``directory`` and try each drawer in turn (each raises PngUnavailable when its
+    library cannot draw); PngUnavailable with every reason when none can."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{directory}: cannot create the PNG directory ({exc})") from None
     reasons = []
-    try:
-        return _pngs_plotly(stats, directory)
-    except PngUnavailable as exc:
-        reasons.append(str(exc))
-    try:
-        return _pngs_matplotlib(stats, directory)
-    except PngUnavailable as exc:
-        reasons.append(str(exc))
+    for draw in drawers:
+        try:
+            return draw(data, directory)
+        except PngUnavailable as exc:
+            reasons.append(str(exc))
     raise PngUnavailable("; ".join(reasons))
 
 
