@@ -222,7 +222,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         journal = Journal(run.journal_path)
         clock = RunClock()
         runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
-                        timeouts=cfg.timeouts, seed=cfg.seed, synthesizer=synth,
+                        timeouts=cfg.timeouts, synthesizer=synth,
                         images=ImagePrompter(cfg.vision_encoder, nonce=run.run_id),
                         on_progress=on_progress)
         if on_start:

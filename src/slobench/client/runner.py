@@ -76,7 +76,7 @@ class RunOutcome:
 class Runner:
     def __init__(self, workload: pa.Table, backend: Backend, plan: LoadPlan, *,
                  journal: Journal, clock: RunClock | None = None,
-                 timeouts: Timeouts = Timeouts(), seed: int = 0,
+                 timeouts: Timeouts = Timeouts(),
                  synthesizer: PromptSynthesizer, images: ImagePrompter | None = None,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
         self.backend = backend
@@ -84,7 +84,6 @@ class Runner:
         self.journal = journal
         self.clock = clock or RunClock()
         self.timeouts = timeouts
-        self.seed = seed
         self.on_progress = on_progress
         self.synthesizer = synthesizer
         self.images = images if synthesizer.chat else None  # completions cannot carry images
