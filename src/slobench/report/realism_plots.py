@@ -22,6 +22,7 @@ from slobench.report.workload_plots import (
     _slug,
     _write,
     pngs_with_fallback,
+    pyplot,
 )
 
 RATE = "Request rate over time"
@@ -211,14 +212,7 @@ def _pngs_plotly(report: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def _pngs_matplotlib(report: dict[str, Any], directory: Path) -> list[Path]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PngUnavailable("matplotlib is not installed either ('pip install matplotlib')"
-                             ) from None
+    plt = pyplot()
     names, series = report["names"], report["series"]
     paths: list[Path] = []
 

@@ -309,7 +309,8 @@ def _pngs_plotly(stats: dict[str, Any], directory: Path) -> list[Path]:
     return paths
 
 
-def _pngs_matplotlib(stats: dict[str, Any], directory: Path) -> list[Path]:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend, or PngUnavailable."""
     try:
         import matplotlib
 
@@ -318,6 +319,11 @@ def _pngs_matplotlib(stats: dict[str, Any], directory: Path) -> list[Path]:
     except ImportError:
         raise PngUnavailable("matplotlib is not installed either ('pip install matplotlib')"
                              ) from None
+    return plt
+
+
+def _pngs_matplotlib(stats: dict[str, Any], directory: Path) -> list[Path]:
+    plt = pyplot()
     paths: list[Path] = []
 
     def save(fig: Any, title: str) -> None:
