@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	bash scripts/test-setup.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
