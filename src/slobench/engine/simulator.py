@@ -310,45 +310,37 @@ def _records(
     r_tok: np.ndarray,
 ) -> pa.Table:
     n = wl.num_rows
-    base = np.zeros(len(timelines) + 1, dtype=np.int64)
-    base[1:] = np.cumsum([len(t) for t in timelines])
-    all_tl = np.concatenate(timelines) if timelines else np.zeros(0)
-    seg_start: list[int] = []
-    seg_len: list[int] = []
+    # Each request's token times are runs (segments) of its replica's step timeline: gather them
+    # as slices, so the only per-token array is the result itself.
+    pieces: list[np.ndarray] = []
     counts = np.zeros(n, dtype=np.int64)
-    done_idx = np.full(n, -1, dtype=np.int64)
+    done_at = np.zeros(n, dtype=np.float64)
     ok = np.zeros(n, dtype=bool)
     for row in range(n):
         r = reqs[row]
         if r is None:
             continue
         ok[row] = True
-        b0 = int(base[rep_of[row]])
+        tl = timelines[rep_of[row]]
         segs = r.segs
         c = 0
         for j in range(0, len(segs), 2):
-            a = segs[j]
-            ln = segs[j + 1] - a
-            if ln > 0:
-                seg_start.append(b0 + a)
-                seg_len.append(ln)
-                c += ln
+            a, b = segs[j], segs[j + 1]
+            if b > a:
+                pieces.append(tl[a:b])
+                c += b - a
         counts[row] = c
-        done_idx[row] = b0 + r.done_step
+        if c == 0:
+            done_at[row] = tl[r.done_step]
     if np.any(counts[ok] != o_tok[ok]):
         bad = int(np.flatnonzero(ok & (counts != o_tok))[0])
         raise RuntimeError(
             f"simulator bug: request {wl['request_id'][bad].as_py()} got {counts[bad]} tokens, "
             f"expected {o_tok[bad]}"
         )
-    lens = np.asarray(seg_len, dtype=np.int64)
-    starts = np.asarray(seg_start, dtype=np.int64)
-    total = int(lens.sum())
-    if total:
-        idx = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)
-        values = all_tl[idx]
-    else:
-        values = np.zeros(0)
+    values = np.concatenate(pieces) if pieces else np.zeros(0)
+    del pieces
+    total = values.size
     offsets = np.zeros(n + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(counts)
     has = counts > 0
@@ -361,7 +353,7 @@ def _records(
     done = np.where(has, last, 0.0)
     zero_out = ok & ~has  # max_output_tokens == 0: done when its prompt was in
     if zero_out.any():
-        done[zero_out] = all_tl[done_idx[zero_out]]
+        done[zero_out] = done_at[zero_out]
     done = np.where(ok, done, scheduled)  # rejected: answered at once
 
     reasons: dict[str, str] = {}

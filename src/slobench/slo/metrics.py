@@ -7,6 +7,7 @@ NaN where undefined (failed request, missing time, too few tokens). See docs/slo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,11 @@ EPS_S = 1e-9
 
 @dataclass(frozen=True)
 class Derived:
-    """Per-request metrics (arrays of length ``n``) and flattened per-token data."""
+    """Per-request metrics (arrays of length ``n``) and flattened per-token data.
+
+    Memory: a day-long simulation has tens of millions of tokens, so the per-token arrays are
+    few and narrow. ``token_times`` is a view of the Records column where it can be; the
+    per-token request index and position are computed only when asked for (deadline SLOs)."""
 
     n: int
     ok: np.ndarray  # bool: status == "ok"
@@ -41,10 +46,20 @@ class Derived:
     send_lag: np.ndarray  # sent - scheduled - queue: the client's own delay (all sent requests)
     queue: np.ndarray  # queue_s (all requests)
     itl_values: np.ndarray  # every gap between consecutive tokens of the ok requests
-    itl_index: np.ndarray  # int64: the request (row) of each ITL value
+    itl_index: np.ndarray  # int32/int64: the request (row) of each ITL value
     token_times: np.ndarray  # all token arrival times, flattened (all requests)
-    token_index: np.ndarray  # int64: the request of each token time
-    token_pos: np.ndarray  # int64: 0-based position of each token within its request
+
+    @cached_property
+    def token_index(self) -> np.ndarray:
+        """The request (row) of each entry of ``token_times``."""
+        return np.repeat(np.arange(self.n, dtype=_index_dtype(self.n)), self.n_token_times)
+
+    @cached_property
+    def token_pos(self) -> np.ndarray:
+        """0-based position of each entry of ``token_times`` within its request."""
+        starts = np.cumsum(self.n_token_times) - self.n_token_times
+        return np.arange(self.token_times.size, dtype=np.int64) - np.repeat(
+            starts, self.n_token_times)
 
     def metric(self, name: str) -> np.ndarray:
         """The per-request array of a spec metric (``itl`` is the per-request largest gap)."""
@@ -91,10 +106,12 @@ def derive(records: pa.Table) -> Derived:
     tt = records.column("token_times")
     lengths = np.asarray(pc.fill_null(pc.list_value_length(tt), 0).to_numpy(), dtype=np.int64)
     flat = pc.list_flatten(tt)
-    times = np.asarray(pc.fill_null(flat.cast(pa.float64()), np.nan).to_numpy(), dtype=np.float64)
-    token_index = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    starts = np.cumsum(lengths) - lengths
-    token_pos = np.arange(times.size, dtype=np.int64) - np.repeat(starts, lengths)
+    if isinstance(flat, pa.ChunkedArray):
+        flat = flat.combine_chunks() if flat.num_chunks != 1 else flat.chunk(0)
+    if flat.type != pa.float64():
+        flat = flat.cast(pa.float64())
+    times = (np.asarray(flat.to_numpy(zero_copy_only=True)) if flat.null_count == 0
+             else np.asarray(pc.fill_null(flat, np.nan).to_numpy(), dtype=np.float64))
     streamed = lengths > 0
 
     nan = np.nan
@@ -112,15 +129,7 @@ def derive(records: pa.Table) -> Derived:
         answer_tpot = np.where(ok & streamed & (n_answer > 1),
                                (done - answer) / np.maximum(n_answer - 1, 1), nan)
 
-    if times.size >= 2:
-        gaps = np.diff(times)
-        same = token_index[1:] == token_index[:-1]
-        keep = same & ok[token_index[1:]]
-        itl_values = gaps[keep]
-        itl_index = token_index[1:][keep]
-    else:
-        itl_values = np.empty(0, dtype=np.float64)
-        itl_index = np.empty(0, dtype=np.int64)
+    itl_values, itl_index = _gaps(times, lengths, ok)
     itl_max = np.full(n, nan)
     if itl_values.size:
         first_of = np.flatnonzero(np.r_[True, itl_index[1:] != itl_index[:-1]])
@@ -131,8 +140,30 @@ def derive(records: pa.Table) -> Derived:
         output_tokens=n_out, reasoning_tokens=n_reason, n_token_times=lengths, ttft=ttft,
         tpot=tpot, e2e=e2e, ttfa=ttfa, think_tpot=think_tpot, answer_tpot=answer_tpot,
         itl_max=itl_max, send_lag=send_lags(records), queue=queue, itl_values=itl_values,
-        itl_index=itl_index, token_times=times, token_index=token_index, token_pos=token_pos,
+        itl_index=itl_index, token_times=times,
     )
+
+
+def _index_dtype(n: int) -> type:
+    return np.int32 if n < 2**31 else np.int64
+
+
+def _gaps(times: np.ndarray, lengths: np.ndarray, ok: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Every gap between consecutive tokens of the same ok request, and its request (row)."""
+    n = lengths.size
+    if times.size < 2:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=_index_dtype(n))
+    per_request = np.maximum(lengths - 1, 0) * ok
+    gaps = np.diff(times)
+    # Drop the gap across each request boundary and the gaps of failed requests, in place.
+    keep = np.repeat(ok, lengths)[1:]
+    ends = np.cumsum(lengths)[:-1]
+    keep[ends[(ends > 0) & (ends < times.size)] - 1] = False
+    values = gaps[keep] if not keep.all() else gaps
+    del gaps, keep
+    index = np.repeat(np.arange(n, dtype=_index_dtype(n)), per_request)
+    return values, index
 
 
 # Constraints that need per-token times: a non-streaming request cannot be verified against them.

@@ -22,7 +22,10 @@ def percentiles(values: np.ndarray | Sequence[float], qs: Sequence[float] = DEFA
     interpolation between the two nearest ranks.
     """
     arr = np.asarray(values, dtype=np.float64).ravel()
-    arr = arr[~np.isnan(arr)]
+    nan = np.isnan(arr)
+    if nan.any():  # copy only when there is something to drop: arrays can be huge
+        arr = arr[~nan]
+    del nan
     out: dict[str, float | int] = {}
     if arr.size == 0:
         for q in qs:

@@ -56,7 +56,7 @@ def _block(d: Derived, chk: SLOCheck, status: np.ndarray, rows: np.ndarray, dura
     latency = {}
     for name in LATENCY_METRICS:
         if name == "itl":
-            values = d.itl_values[rows[d.itl_index]]
+            values = d.itl_values if rows.all() else d.itl_values[rows[d.itl_index]]
         elif name == "send_lag":
             values = d.send_lag[rows]
         else:
