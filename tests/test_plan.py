@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -14,6 +16,7 @@ from slobench.engine.prices import EXAMPLE_PRICES_PER_GPU_HOUR, load_prices
 from slobench.engine.scheduler import Scheduler, SchedulerConfig
 from slobench.engine.simulator import simulate
 from slobench.errors import UserError
+from slobench.planning import replica_schedule
 from slobench.slo.capacity import is_saturated, min_replicas, trial_from_summary
 from slobench.slo.spec import parse_slo
 from slobench.slo.summary import summarize
@@ -85,3 +88,56 @@ def test_scaling_out_that_cannot_help_stops_early():
 
     best, trials = min_replicas(evaluate, max_replicas=256)
     assert best is None and calls == [1, 2] and len(trials) == 2
+
+
+def _steps(rates: list[float], span_s: float) -> pa.Table:
+    """Constant arrivals whose rate steps every ``span_s``: a tiny 'diurnal' workload."""
+    parts = []
+    for i, rate in enumerate(rates):
+        wl = synthetic_workload(process="constant", rate=rate, duration_s=span_s,
+                                input_tokens=64, output_tokens=10, seed=i)
+        ids = pa.array([f"w{i}-{x}" for x in wl["request_id"].to_pylist()])
+        wl = wl.set_column(wl.schema.get_field_index("request_id"), "request_id", ids)
+        arr = pc.add(wl["arrival_s"], i * span_s)
+        parts.append(wl.set_column(wl.schema.get_field_index("arrival_s"), "arrival_s", arr))
+    return pa.concat_tables(parts)
+
+
+def test_replica_schedule_follows_the_load_window_by_window():
+    # 10 req/s per replica (one request at a time, 100 ms each): the rate steps 5, 25, 61, 15
+    # need 1, 3, 7, 2 replicas; the peak window holds most requests, so one static count must
+    # serve the peak: 7 replicas all along, twice the replica-hours.
+    wl = _steps([5.0, 25.0, 61.0, 15.0], 30.0)
+    cost = LinearCost(a=0.01, b=0.0, c=0.0, d=0.0)
+    config = SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=1024)
+    plan = replica_schedule(wl, lambda: Scheduler(cost, config),
+                            parse_slo("*: ttft<=50ms, attain>=90%"), router="round_robin",
+                            horizon_s=120.0, window_s=30.0, max_replicas=16)
+    assert [w["replicas"] for w in plan["schedule"]] == [1, 3, 7, 2]
+    assert all(w["passed"] for w in plan["schedule"]) and plan["windows_failed"] == 0
+    assert plan["replica_hours"] == pytest.approx((1 + 3 + 7 + 2) * 30 / 3600)
+    assert plan["static_replicas"] == 7 and plan["static_windows_failed"] == 0
+    assert plan["static_replica_hours"] == pytest.approx(4 * 7 * 30 / 3600)
+
+
+def test_simulator_routes_only_to_the_replicas_in_rotation():
+    wl = _steps([20.0, 20.0], 10.0)
+    cost = LinearCost(a=0.001, b=0.0, c=0.0, d=0.0)
+    res = simulate(wl, lambda: Scheduler(cost, SchedulerConfig()), replicas=4,
+                   router="round_robin", replica_schedule=[(0.0, 1), (10.0, 4)])
+    per = [r["generation_tokens"] for r in res.stats["replicas"]]
+    # the first 10 s (200 requests) all on replica 0; then round robin over all four
+    assert per[1] == per[2] == per[3] == 50 * 10 and per[0] == 250 * 10
+
+
+def test_cli_windows(tmp_path):
+    r = CliRunner().invoke(app, ["plan", "--rate", "20", "-d", "120s", "--windows", "60s",
+                                 "--gpu", "h100", "-j", "1", "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (folder,) = tmp_path.glob("plan-*")
+    plan = json.loads((folder / "plan.json").read_text())
+    (res,) = plan["results"]
+    assert len(res["schedule"]) == 2 and res["static_replicas"] >= 1
+    assert res["dollars_per_hour"] > 0 and (folder / "plan.html").stat().st_size > 100_000
+    r = CliRunner().invoke(app, ["plan", "-d", "60s", "--windows", "2min", "-o", str(tmp_path)])
+    assert r.exit_code != 0 and "shorter window" in r.output

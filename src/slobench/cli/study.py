@@ -36,9 +36,9 @@ def provisioning_row(profile: str, *, rate: str, duration_s: float, seed: int,
     """One profile of the study (see the module docstring)."""
     import pyarrow.parquet as pq
 
-    from slobench.cli.plan import plan_one
     from slobench.engine.config import EngineConfig
     from slobench.engine.simulator import simulate
+    from slobench.planning import plan_one
     from slobench.slo.capacity import find_capacity, is_saturated, trial_from_summary
     from slobench.slo.spec import parse_slo
     from slobench.slo.summary import summarize

@@ -22,7 +22,8 @@ ROUTERS = ("round_robin", "least_outstanding", "prefix_affinity")
 
 
 class Router:
-    """Base class: ``choose(request, outstanding) -> replica index``."""
+    """Base class: ``choose(request, outstanding) -> replica index``. The replicas to choose
+    from are ``range(len(outstanding))``, at most ``replicas`` (fewer while scaled in)."""
 
     def __init__(self, replicas: int) -> None:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
@@ -39,8 +40,8 @@ class RoundRobin(Router):
         self._next = 0
 
     def choose(self, req: EngineRequest, outstanding: Sequence[int]) -> int:
-        i = self._next
-        self._next = (i + 1) % self.replicas
+        i = self._next % len(outstanding)
+        self._next = i + 1
         return i
 
 
@@ -69,7 +70,7 @@ class PrefixAffinity(Router):
             return _least(outstanding)
         key = req.prefix_blocks[0]
         i = self._last.get(key)
-        if i is None:
+        if i is None or i >= len(outstanding):
             i = _least(outstanding)
         self._last[key] = i
         return i

@@ -23,8 +23,9 @@ import gc
 import heapq
 import time
 from array import array
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ def simulate(
     trace: bool = False,
     max_steps: int | None = None,
     horizon_s: float | None = None,
+    replica_schedule: Sequence[tuple[float, int]] | None = None,
 ) -> SimulationResult:
     """Simulate ``workload`` on ``replicas`` schedulers made by ``make_scheduler``.
 
@@ -78,12 +80,17 @@ def simulate(
     ``max_steps`` (all replicas together) raises RuntimeError when exceeded: a livelock guard.
     ``horizon_s``: session follow-ups due at or after it are not sent (as a live run with
     ``--duration`` does) and have no record.
+    ``replica_schedule``: ``(from_s, count)`` pairs, a time-varying deployment (autoscaling):
+    a request arriving at ``t`` is routed among the first ``count`` replicas of the last pair
+    with ``from_s <= t`` (all ``replicas`` before the first pair). A replica taken out of the
+    rotation drains what it holds; one brought in starts with an empty cache.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of short-lived objects, no cycles: the collector only costs time
     try:
         return _simulate(workload, make_scheduler, replicas, router, progress, deadlines,
-                         priorities, fast_forward, trace, max_steps, horizon_s)
+                         priorities, fast_forward, trace, max_steps, horizon_s,
+                         _schedule(replica_schedule, replicas))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -101,6 +108,7 @@ def _simulate(
     trace: bool,
     max_steps: int | None,
     horizon_s: float | None,
+    schedule: tuple[list[float], list[int]] | None,
 ) -> SimulationResult:
     wall0 = time.perf_counter()
     wl = conform_workload(workload, "simulate")
@@ -267,7 +275,11 @@ def _simulate(
             while fq and fq[0] < ta:
                 fq.popleft()
                 outstanding[j] -= 1
-        ri = rt.choose(req, outstanding)
+        if schedule is None:
+            ri = rt.choose(req, outstanding)
+        else:
+            k = schedule[1][bisect_right(schedule[0], ta) - 1]
+            ri = rt.choose(req, outstanding[:k] if k < replicas else outstanding)
         rep_of[row] = ri
         r = scheds[ri]._add(req)
         if r is None:  # rejected: answered at once, so the session goes on from here
@@ -297,6 +309,20 @@ def _simulate(
     for s in scheds:
         s.trace = None
     return SimulationResult(records, stats, sim_end, traces, tl_arrays)
+
+
+def _schedule(pairs: Sequence[tuple[float, int]] | None, replicas: int
+              ) -> tuple[list[float], list[int]] | None:
+    """Validated (times, counts) lookup lists, starting at -inf with all ``replicas``."""
+    if pairs is None:
+        return None
+    times, counts = [-_INF], [replicas]
+    for t, k in sorted((float(t), int(k)) for t, k in pairs):
+        if not 1 <= k <= replicas:
+            raise ValueError(f"replica_schedule count {k} at t={t} is not within 1..{replicas}")
+        times.append(t)
+        counts.append(k)
+    return times, counts
 
 
 def _records(

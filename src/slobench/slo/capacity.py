@@ -176,11 +176,12 @@ def average_trials(trials: list[Trial]) -> Trial:
 
 
 def min_replicas(evaluate: Callable[[int], Trial], *, max_replicas: int = 64,
-                 on_trial: Callable[[Trial], None] | None = None
+                 on_trial: Callable[[Trial], None] | None = None, start: int = 1,
                  ) -> tuple[int | None, list[Trial]]:
     """The fewest replicas whose trial passes (``Trial.load`` holds the replica count),
-    assuming more replicas never hurt: double from 1 until one passes, then bisect. Gives up
-    (None) when doubling neither helps attainment nor leaves a trial overloaded."""
+    assuming more replicas never hurt: from ``start`` (a guess, e.g. a neighbouring window's
+    answer), double until one passes or halve until one fails, then bisect. Gives up (None)
+    when doubling neither helps attainment nor leaves a trial overloaded."""
     trials: list[Trial] = []
 
     def run(n: int) -> Trial:
@@ -191,24 +192,36 @@ def min_replicas(evaluate: Callable[[int], Trial], *, max_replicas: int = 64,
         return t
 
     lo_fail, hi_pass = 0, None
-    n = 1
-    prev: Trial | None = None
-    while n <= max_replicas:
-        t = run(n)
-        if t.passed:
-            hi_pass = n
-            break
-        if prev is not None and t.attainment <= prev.attainment + 1e-3 and not t.saturated:
-            # twice the replicas, no better and not overloaded: scaling out cannot meet the
-            # SLOs (e.g. prompts whose prefill alone exceeds the TTFT target)
-            return None, trials
-        prev = t
-        lo_fail, n = n, n * 2
-    if hi_pass is None:
-        if lo_fail < max_replicas and run(max_replicas).passed:
-            hi_pass = max_replicas
-        else:
-            return None, trials
+    n = min(max(1, start), max_replicas)
+    if n > 1 and run(n).passed:
+        hi_pass = n
+        m = n // 2
+        while m >= 1:  # halve while it still passes
+            if run(m).passed:
+                hi_pass, m = m, m // 2
+            else:
+                lo_fail = m
+                break
+    else:
+        if n > 1:
+            lo_fail, n = n, min(n * 2, max_replicas) if n < max_replicas else n + 1
+        prev: Trial | None = trials[-1] if trials else None
+        while n <= max_replicas:
+            t = run(n)
+            if t.passed:
+                hi_pass = n
+                break
+            if prev is not None and t.attainment <= prev.attainment + 1e-3 and not t.saturated:
+                # twice the replicas, no better and not overloaded: scaling out cannot meet the
+                # SLOs (e.g. prompts whose prefill alone exceeds the TTFT target)
+                return None, trials
+            prev = t
+            lo_fail, n = n, n * 2
+        if hi_pass is None:
+            if lo_fail < max_replicas and run(max_replicas).passed:
+                hi_pass = max_replicas
+            else:
+                return None, trials
     while hi_pass - lo_fail > 1:
         mid = (lo_fail + hi_pass) // 2
         if run(mid).passed:
