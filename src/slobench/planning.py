@@ -11,12 +11,15 @@ into the result); ``window_s`` for ``plan_schedule``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["fewest_replicas", "plan_one", "plan_schedule", "replica_schedule", "window_edges"]
+__all__ = ["fewest_replicas", "plan_one", "plan_schedule", "replica_schedule", "run_jobs",
+           "window_edges"]
 
 # Traffic before a window that its simulation replays first, so the window starts with the
 # queues and caches it would have; judged are only the window's own requests.
@@ -30,7 +33,9 @@ def _setup(job: dict[str, Any]) -> tuple[pa.Table, Any, Any, Any]:
     from slobench.engine.config import EngineConfig
     from slobench.slo.spec import parse_slo
 
-    table = pq.read_table(job["workload"])
+    # A path on this machine, or the Parquet bytes themselves (Ray workers elsewhere).
+    src = job["workload"]
+    table = pq.read_table(pa.BufferReader(src) if isinstance(src, bytes) else src)
     engine = EngineConfig(**job["engine"])
     return table, engine, parse_slo(job["slo"]), engine.scheduler_maker(
         job["prefix_block_tokens"])
@@ -184,3 +189,98 @@ def replica_schedule(table: pa.Table, maker: Any, slos: Any, *, router: str, hor
             static_worst_window_attainment=min((t.attainment for t in live), default=None),
         )
     return out
+
+
+def run_jobs(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]], *,
+             workers: int = 1, ray_address: str | None = None,
+             on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """``[fn(job) for job in jobs]``, in order, computed in this process (``workers`` 1), in
+    ``workers`` local processes, or as Ray tasks on the cluster at ``ray_address`` (``auto``,
+    ``HOST:PORT`` or ``ray://HOST:PORT``; one CPU each). For Ray, a job's ``workload`` path is
+    replaced by the file's bytes, put in the object store once, so workers need no shared
+    disk. ``on_done`` is called with each result as it arrives (progress)."""
+    if ray_address:
+        return _run_ray(fn, jobs, ray_address, on_done)
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(fn(job))
+            if on_done is not None:
+                on_done(out[-1])
+        return out
+    with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        results: list[Any] = [None] * len(jobs)
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if on_done is not None:
+                on_done(results[futures[fut]])
+    return results
+
+
+def _with_workload(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str, Any],
+                   workload: bytes) -> dict[str, Any]:
+    return fn({**job, "workload": workload})
+
+
+def _reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    from slobench.errors import UserError
+
+    hostport = address.removeprefix("ray://")
+    if hostport == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
+            pass
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--ray {address}: nothing answers there ({exc}); start a cluster with "
+                        "`ray start --head` and give its address, e.g. 127.0.0.1:6379") from None
+
+
+def _run_ray(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]],
+             address: str, on_done: Callable[[dict[str, Any]], None] | None
+             ) -> list[dict[str, Any]]:
+    from pathlib import Path
+
+    from slobench.errors import UserError
+
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray: pip install 'slobench[ray]' (here and on the "
+                        "cluster's nodes)") from None
+    _reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning", ignore_reinit_error=True)
+    except Exception as exc:  # ray raises ConnectionError, RuntimeError, ValueError...
+        raise UserError(f"--ray {address}: cannot connect ({str(exc).splitlines()[0]}); start "
+                        "a cluster with `ray start --head` and give its address, e.g. "
+                        "127.0.0.1:6379") from None
+    try:
+        task = ray.remote(num_cpus=1)(_with_workload)
+        blobs: dict[str, Any] = {}
+        refs = []
+        for job in jobs:
+            path = str(job["workload"])
+            if path not in blobs:
+                blobs[path] = ray.put(Path(path).read_bytes())
+            # an ObjectRef given as an argument reaches the task as its value (the bytes)
+            refs.append(task.remote(fn, {k: v for k, v in job.items() if k != "workload"},
+                                    blobs[path]))
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(jobs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                if on_done is not None:
+                    on_done(results[index[ref]])
+        return results
+    finally:
+        ray.shutdown()

@@ -13,11 +13,11 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slobench.cli.main import app, user_errors
@@ -85,6 +85,8 @@ def plan(
                              min=0),
     prefix_block_tokens: int = typer.Option(512, "--prefix-block-tokens", help="Tokens per "
                                             "Workload prefix_blocks hash.", min=1),
+    ray: str = typer.Option(None, "--ray", help="Run the grid as Ray tasks on this cluster "
+                            "(auto, HOST:PORT or ray://HOST:PORT; needs slobench[ray])."),
     windows: str = typer.Option(None, "--windows", help="Plan a replica count per window of "
                                 "this length (e.g. 1h: an autoscaled deployment over a diurnal "
                                 "workload), next to the static plan."),
@@ -94,7 +96,7 @@ def plan(
     workload within its SLOs, with their cost per hour and per million output tokens."""
     from slobench.engine.config import EngineConfig
     from slobench.engine.prices import load_prices, price_per_gpu_hour
-    from slobench.planning import plan_one, plan_schedule
+    from slobench.planning import plan_one, plan_schedule, run_jobs
     from slobench.slo.spec import parse_slo
 
     parse_slo(slo)
@@ -127,19 +129,20 @@ def plan(
                 "label": {"gpu": engine.cost_model.gpu.name, "tp": tp,
                           "max_num_batched_tokens": budget, "router": router}})
         workers = min(jobs or os.cpu_count() or 1, len(job_list))
-        err = console(stderr=True)
-        err.print(f"[dim]Planning {len(job_list)} configuration(s) of {model} for {source} "
-                  f"({table.num_rows} requests over {horizon:.0f} s) on {workers} "
-                  "process(es)...[/dim]")
         if window_s is not None and window_s >= horizon:
             raise UserError(f"--windows {windows}: the workload spans {horizon:.0f} s, so there "
                             "is only one window; give a shorter window (e.g. 1h for a day)")
-        fn = plan_schedule if window_s is not None else plan_one
-        if workers == 1:
-            results = [fn(j) for j in job_list]
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                results = list(pool.map(fn, job_list))
+        err = console(stderr=True)
+        where = f"Ray at {ray}" if ray else f"{workers} process(es)"
+        err.print(f"[dim]Planning {len(job_list)} configuration(s) of {model} for {source} "
+                  f"({table.num_rows} requests over {horizon:.0f} s) on {where}...[/dim]")
+        with Progress(TextColumn("[bold]planning"), BarColumn(bar_width=24),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task("", total=len(job_list))
+            results = run_jobs(plan_schedule if window_s is not None else plan_one, job_list,
+                               workers=workers, ray_address=ray,
+                               on_done=lambda _: bar.advance(task))
     for r in results:
         price = price_per_gpu_hour(price_table, r["gpu"])
         if r["replicas"] is not None and price is not None:
