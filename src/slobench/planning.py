@@ -67,6 +67,12 @@ def fewest_replicas(table: pa.Table, maker: Any, slos: Any, *, router: str, hori
 
     best, trials = min_replicas(evaluate, max_replicas=max_replicas, start=start)
     out: dict[str, Any] = {"replicas": best, "trials": len(trials)}
+    if best is None and trials:
+        last = max(trials, key=lambda t: t.load)
+        out["note"] = (f"{last.attainment:.1%} attainment at {int(last.load)} replicas"
+                       + (", and more replicas do not raise it: the SLOs are out of reach for "
+                          "this engine (see the per-class summary of one run)"
+                          if last.load < max_replicas else ""))
     if best is not None:
         t, gen_tokens = seen[best]
         out.update(attainment=t.attainment, goodput_rps=t.goodput_rps,

@@ -67,7 +67,9 @@ def provisioning_row(profile: str, *, rate: str, duration_s: float, seed: int,
         "naive_attainment_on_naive_plan": plans["naive"].get("attainment"),
     }
     if r_real is None or r_naive is None:
-        row["note"] = f"no plan within {max_replicas} replicas"
+        row["note"] = "; ".join(f"{name}: {plans[name].get('note') or 'no plan'}"
+                                for name in ("realistic", "naive")
+                                if plans[name]["replicas"] is None)
         return row
     row["under_provisioning"] = 1.0 - r_naive / r_real
     cfg = EngineConfig(**engine)
@@ -180,17 +182,24 @@ def _rps(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
+def _n(x: int | None) -> str:
+    return "none" if x is None else str(x)
+
+
 def provisioning_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Naive vs realistic provisioning", title_justify="left")
     for name in ("profile", "req/s", "replicas real", "replicas naive", "under-prov.",
                  "attain. on naive plan", "capacity real", "capacity naive", "naive over"):
         table.add_column(name, justify="left" if name == "profile" else "right")
     for r in rows:
-        table.add_row(r["profile"], f"{r['mean_rps']:.3g}", str(r["realistic_replicas"]),
-                      str(r["naive_replicas"]), _pct(r.get("under_provisioning")),
+        table.add_row(r["profile"], f"{r['mean_rps']:.3g}", _n(r["realistic_replicas"]),
+                      _n(r["naive_replicas"]), _pct(r.get("under_provisioning")),
                       _pct(r.get("realistic_attainment_on_naive_plan")),
                       _rps(r.get("realistic_capacity_rps")), _rps(r.get("naive_capacity_rps")),
                       _pct(r.get("naive_overestimates_capacity")))
+    notes = [f"{r['profile']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 
@@ -207,13 +216,14 @@ def provisioning_markdown(report: dict[str, Any]) -> str:
              "capacity by |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        lines.append(f"| {r['profile']} | {r['mean_rps']:.3g} | {r['realistic_replicas']} | "
-                     f"{r['naive_replicas']} | {_pct(r.get('under_provisioning'))} | "
+        lines.append(f"| {r['profile']} | {r['mean_rps']:.3g} | {_n(r['realistic_replicas'])} | "
+                     f"{_n(r['naive_replicas'])} | {_pct(r.get('under_provisioning'))} | "
                      f"{_pct(r.get('realistic_attainment_on_naive_plan'))} | "
                      f"{_rps(r.get('realistic_capacity_rps'))} | "
                      f"{_rps(r.get('naive_capacity_rps'))} | "
                      f"{_pct(r.get('naive_overestimates_capacity'))} |")
-    return "\n".join(lines)
+    notes = [f"- {r['profile']}: {r['note']}" for r in report["rows"] if r.get("note")]
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 # ---------------------------------------------------------------------------------------------
