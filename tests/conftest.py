@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +10,12 @@ from typing import Any
 import pytest
 
 from slobench.engine.scripted import DEFAULT_MODEL, Script, ScriptedServerProcess
+
+pytest_plugins = ["browser"]  # the ``browser`` fixture: headless Chromium (tests/browser.py)
+
+# Runs made by the tests go to each test's own catalog (next to its run directories), never to
+# a catalog a developer's shell points at.
+os.environ.pop("SLOBENCH_CATALOG", None)
 
 
 class ScriptedServerFactory:

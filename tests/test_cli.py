@@ -36,7 +36,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str)
 
 
 def only_run(out: Path) -> Path:
-    runs = list(out.iterdir())
+    runs = [p for p in out.iterdir() if p.is_dir()]  # not the catalog (catalog.sqlite)
     assert len(runs) == 1, runs
     return runs[0]
 

@@ -169,7 +169,7 @@ def test_run_dataset_against_the_emulator(tmp_path, sharegpt):
     proc = slobench("run", "--dataset", "sharegpt.json", "--requests", "6", "--rate", "20",
                     "-q", "--out", "runs", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (run,) = (tmp_path / "runs").iterdir()
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     records = pq.read_table(run / "records.parquet").to_pylist()
     assert len(records) == 6 and all(r["status"] == "ok" for r in records)
     workload = pq.read_table(run / "workload.parquet")
@@ -185,7 +185,7 @@ def test_run_with_a_dataset_as_prompt_corpus(tmp_path, sharegpt):
                     "--input-tokens", "300", "--output-tokens", "4", "-q", "--out", "runs",
                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (run,) = (tmp_path / "runs").iterdir()
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     records = pq.read_table(run / "records.parquet").to_pylist()
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
     manifest = json.loads((run / "manifest.json").read_text())

@@ -175,7 +175,7 @@ def test_run_with_sessions_sends_follow_ups_and_records_the_options(tmp_path, sc
                     "chatbot", "--rate", "10", "-d", "2s", "--input-tokens", "64",
                     "--output-tokens", "8", "--out", "runs", "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (run,) = list((tmp_path / "runs").iterdir())  # before the second run below
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # before the second run
     manifest = json.loads((run / "manifest.json").read_text())
     assert find(manifest, "sessions") == "file:shapes.json"
     assert find(manifest, "session_rate") == "requests"

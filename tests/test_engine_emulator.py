@@ -878,7 +878,7 @@ def test_slobench_run_without_target_records_the_emulator_health(tmp_path: Path)
                           stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "100"})
     assert proc.returncode == 0, proc.stderr
     assert "built-in engine emulator at http://127.0.0.1:" in proc.stderr.replace("\n", " ")
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     emulator = manifest["emulator"]
     assert emulator["steps"] >= 8  # at least one request's 8 tokens

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from slobench.client.backends.openai import OpenAIBackend, normalize_base_url, r
 from slobench.client.backends.presets import get_preset
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
+from slobench.client.probe import identify_server
 from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
 from slobench.clock import RunClock
 from slobench.engine.config import EngineConfig
@@ -35,7 +37,8 @@ from slobench.slo.fidelity import length_fidelity
 from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, assess
 from slobench.slo.spec import SLOSet, parse_slo
 from slobench.slo.summary import summarize
-from slobench.store.rundir import RECORDS, SUMMARY, RunDir
+from slobench.store.catalog import register_safely
+from slobench.store.rundir import RECORDS, SUMMARY, RunDir, redact
 
 
 @dataclass
@@ -48,6 +51,7 @@ class TargetConfig:
     api_key: str | None = field(default=None, repr=False)  # never written anywhere
     headers: dict[str, str] = field(default_factory=dict)
     extra_body: dict[str, Any] = field(default_factory=dict)
+    hardware: str | None = None  # what the target runs on (a label for the catalog)
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,6 +79,8 @@ class BenchmarkConfig:
     prompt_corpus: Path | None = None  # text to cut prompts from (default: the shipped corpus)
     prefix_block_tokens: int = 512  # tokens per Workload prefix_blocks hash
     vision_encoder: str = "qwen2.5-vl"  # sizes images to the Workload's image_tokens
+    catalog: str | None = None  # catalog URL or path; None: $SLOBENCH_CATALOG or OUT/catalog.sqlite
+    html_report: bool = True  # write report.html at the end (capacity trials skip it)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -219,6 +225,10 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                            target={"url": backend.base_url, "model": model, "api": backend.name,
                                    "engine": target.engine, "stream": target.stream},
                            secrets=secrets)
+        server = identify_server(backend.base_url, request_headers(
+            target.url or "", target.api_key, target.headers))  # never fails; short timeouts
+        run.update_manifest(server=redact(server, secrets))
+        register_safely(run.path, catalog=cfg.catalog, pid=os.getpid())  # status: running
         journal = Journal(run.journal_path)
         clock = RunClock()
         runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
@@ -251,6 +261,11 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                  **synth.stats.as_dict(), "images_dropped": runner.images_dropped},
         length_fidelity=length_fidelity(workload, records),
     )
+    register_safely(run.path, catalog=cfg.catalog, pid=os.getpid(),
+                    doc={"summary": summary, "client_health": health})
+    if cfg.html_report:
+        from slobench.report.run_report import try_write_run_report  # a failure only warns
+        try_write_run_report(run.path)
     return Analysis(run, manifest, summary, health, "records.parquet", torn, slos)
 
 
@@ -312,7 +327,8 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
                    workload_options: dict[str, Any] | None = None,
                    progress: Callable[[float], None] | None = None,
                    prefix_block_tokens: int | None = 512,
-                   horizon_s: float | None = None) -> Analysis:
+                   horizon_s: float | None = None, catalog: str | None = None,
+                   html_report: bool = True) -> Analysis:
     """The engine model in virtual time over a Workload; writes a run directory like a live run
     (records, summary, manifest), so every summary, SLO and report works on it unchanged."""
     import time
@@ -334,6 +350,7 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
                        target={"kind": "simulation", "model": engine.served_name,
                                "engine": engine.model_dump(), "replicas": replicas,
                                "router": router, "prefix_block_tokens": prefix_block_tokens})
+    register_safely(run.path, catalog=catalog, pid=os.getpid())  # status: running
     wall = time.perf_counter()
     result = simulate(workload, engine.scheduler_maker(prefix_block_tokens), replicas=replicas,
                       router=router, progress=progress, deadlines=slo_deadlines(slos, apps),
@@ -356,4 +373,9 @@ def run_simulation(workload: pa.Table, engine: EngineConfig, *, replicas: int = 
         simulation={"wall_s": wall, "simulated_s": result.sim_end_s,
                     "speedup": result.sim_end_s / wall if wall > 0 else None,
                     "stats": result.stats})
+    register_safely(run.path, catalog=catalog, pid=os.getpid(),
+                    doc={"summary": summary, "client_health": health})
+    if html_report:
+        from slobench.report.run_report import try_write_run_report  # a failure only warns
+        try_write_run_report(run.path)
     return Analysis(run, manifest, summary, health, RECORDS, 0, slos)

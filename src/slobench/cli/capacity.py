@@ -8,7 +8,6 @@ run directory of its own; ``capacity.json`` and ``capacity.html`` sum them up.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -155,14 +154,15 @@ def capacity(
             analysis = run_simulation(table, engine, replicas=replicas, router=router, slo=slo,
                                       warmup_s=warmup_s, out=folder, run_id=run_id,
                                       workload_source=source, workload_options=options,
-                                      horizon_s=duration_s)
+                                      horizon_s=duration_s, html_report=False)
         else:
             key = os.environ.get(api_key_env) or None
             cfg = BenchmarkConfig(
                 target=TargetConfig(url=target, engine=engine_preset, api_key=key),
                 plan=LoadPlan(mode="open", duration_s=duration_s, warmup_s=warmup_s),
                 timeouts=Timeouts(), slo=slo, out=folder, run_id=run_id,
-                workload_source=source, workload_options=options)
+                workload_source=source, workload_options=options,
+                html_report=False)  # capacity.html sums the trials up; `report` makes one
             analysis = run_benchmark(table, cfg)
         records = pq.read_table(analysis.run.path / "records.parquet")
         window = tuple(analysis.summary["window"])
@@ -214,23 +214,10 @@ def capacity_table(result: CapacityResult) -> Table:
 
 def write_capacity_html(result: CapacityResult, path: Path, *, title: str) -> Path:
     """Attainment and goodput against offered load, the capacity marked."""
-    try:
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-    except ImportError:  # pragma: no cover - plotly is a dependency
-        return path
-    curve = result.curve()
-    x = [t.offered_rps for t in curve]
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=x, y=[t.attainment for t in curve], name="attainment",
-                             mode="lines+markers"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=x, y=[t.goodput_rps for t in curve], name="goodput (req/s)",
-                             mode="lines+markers"), secondary_y=True)
-    if result.capacity_rps is not None and math.isfinite(result.capacity_rps):
-        fig.add_vline(x=result.capacity_rps, line_dash="dash",
-                      annotation_text=f"capacity {result.capacity_rps:.3g} req/s")
-    fig.update_layout(title=title, xaxis_title="offered load (req/s)", template="plotly_white")
-    fig.update_yaxes(title_text="SLO attainment", range=[0, 1.05], secondary_y=False)
-    fig.update_yaxes(title_text="goodput (req/s)", secondary_y=True)
-    path.write_text(fig.to_html(include_plotlyjs=True, full_html=True), encoding="utf-8")
-    return path
+    from slobench.report.html import goodput_load_figure, write_figures_page
+
+    points = [{"load": t.offered_rps, "goodput": t.goodput_rps, "attainment": t.attainment,
+               "label": ", ".join(t.run_ids)} for t in result.curve()]
+    fig = goodput_load_figure(points, title="Goodput and SLO attainment against offered load",
+                              capacity_rps=result.capacity_rps)
+    return write_figures_page(path, title, [fig], intro=[f"Search stopped: {result.stopped}."])

@@ -56,12 +56,14 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 from slobench.cli import capacity as _capacity  # noqa: E402,F401
+from slobench.cli import compare as _compare  # noqa: E402,F401
 from slobench.cli import emulate as _emulate  # noqa: E402,F401  (registers the verb)
 from slobench.cli import fit as _fit  # noqa: E402,F401
 from slobench.cli import generate as _generate  # noqa: E402,F401
 from slobench.cli import plan as _plan  # noqa: E402,F401
 from slobench.cli import report as _report  # noqa: E402,F401
 from slobench.cli import run as _run  # noqa: E402,F401
+from slobench.cli import runs as _runs  # noqa: E402,F401  (runs, export)
 from slobench.cli import simulate as _simulate  # noqa: E402,F401
 from slobench.cli import study as _study  # noqa: E402,F401
 from slobench.cli import sweep as _sweep  # noqa: E402,F401

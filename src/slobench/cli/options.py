@@ -334,3 +334,29 @@ def engine_config(*, model: str, gpu: str, tp: int, dtype: str, kv_dtype: str,
                         enable_chunked_prefill=chunked_prefill,
                         enable_prefix_caching=prefix_caching,
                         served_model_name=served_model_name).validate_all()
+
+
+CATALOG_PANEL = "Catalog (docs/catalog.md)"
+
+
+def catalog_option() -> Any:
+    return typer.Option(None, "--catalog", help="Catalog to register the run in: a database URL "
+                        "(sqlite:///file, postgresql://user@host/db) or a file path (default: "
+                        "$SLOBENCH_CATALOG, else catalog.sqlite in --out).",
+                        rich_help_panel=CATALOG_PANEL)
+
+
+def no_catalog_option() -> Any:
+    return typer.Option(False, "--no-catalog", help="Do not register the run in a catalog.",
+                        rich_help_panel=CATALOG_PANEL)
+
+
+def catalog_choice(catalog: str | None, no_catalog: bool) -> str | None:
+    """The catalog argument of run_benchmark/run_simulation: "off", a URL, or None (default)."""
+    if no_catalog and catalog:
+        raise UserError("--catalog and --no-catalog: give one of them")
+    if catalog and not no_catalog:
+        from slobench.store.catalog import resolve_url
+
+        resolve_url(catalog)  # a malformed URL fails now, not after the run
+    return "off" if no_catalog else catalog

@@ -24,9 +24,12 @@ from slobench.cli.options import (
     DEFAULT_APPS,
     app_scope_option,
     build_workload,
+    catalog_choice,
+    catalog_option,
     dataset_format_option,
     dataset_option,
     gpu_option,
+    no_catalog_option,
     policy_option,
     session_rate_option,
     session_start_option,
@@ -211,6 +214,11 @@ def run(
     policy: str = policy_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.",
         rich_help_panel="SLOs and output"),
+    catalog: str = catalog_option(),
+    no_catalog: bool = no_catalog_option(),
+    hardware: str = typer.Option(None, "--hardware", help="What --target runs on, e.g. 8xH100 "
+                                 "(a label for the catalog; the built-in target knows its own).",
+                                 rich_help_panel="Catalog (docs/catalog.md)"),
 ) -> None:
     """Benchmark a target with a workload; report latency, SLO attainment and goodput."""
     duration_s = parse_duration(duration, "--duration", allow_zero=False)
@@ -257,14 +265,15 @@ def run(
     api_key = api_key or os.environ.get(api_key_env) or None
     headers = parse_headers(header)
     tcfg = TargetConfig(url=target, model=model, engine=engine, endpoint=endpoint, stream=stream,
-                        api_key=api_key, headers=headers,
+                        api_key=api_key, headers=headers, hardware=hardware,
                         extra_body=parse_json_object(extra_body, "--extra-body"))
     cfg = BenchmarkConfig(target=tcfg, plan=plan, timeouts=timeouts, slo=slo,
                           lag_threshold_s=parse_duration(lag_threshold, "--lag-threshold") or 0.005,
                           out=out, run_id=run_id, seed=seed, workload_source=source,
                           workload_options=options, tokenizer=tokenizer,
                           prompt_corpus=prompt_corpus, prefix_block_tokens=prefix_block_tokens,
-                          vision_encoder=vision_encoder)
+                          vision_encoder=vision_encoder,
+                          catalog=catalog_choice(catalog, no_catalog))
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:

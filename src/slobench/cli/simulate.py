@@ -12,6 +12,8 @@ from slobench.cli.main import app, user_errors
 from slobench.cli.options import (
     app_scope_option,
     build_workload,
+    catalog_choice,
+    catalog_option,
     chunked_prefill_option,
     dataset_format_option,
     dataset_option,
@@ -23,6 +25,7 @@ from slobench.cli.options import (
     kv_dtype_option,
     max_batched_tokens_option,
     max_num_seqs_option,
+    no_catalog_option,
     policy_option,
     prefix_caching_option,
     session_rate_option,
@@ -95,6 +98,8 @@ def simulate(
                                             "Workload prefix_blocks hash (Mooncake: 512); a "
                                             "multiple of the KV block size.", min=1),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    catalog: str = catalog_option(),
+    no_catalog: bool = no_catalog_option(),
 ) -> None:
     """Run the engine model in virtual time over a workload (no GPU, no waiting) and report
     latency, SLO attainment and goodput exactly as for a live run."""
@@ -129,6 +134,7 @@ def simulate(
             cooldown_s=parse_duration(cooldown, "--cooldown") or 0.0, out=out, run_id=run_id,
             workload_source=source, workload_options=options,
             prefix_block_tokens=prefix_block_tokens, horizon_s=duration_s,
+            catalog=catalog_choice(catalog, no_catalog),
             progress=(lambda t: bar.update(task, completed=min(t, span))) if show else None)
     finally:
         if show:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import re
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -46,12 +47,22 @@ def normalize_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
+_SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|cred|session", re.IGNORECASE)
+
+
 def strip_credentials(url: str) -> str:
+    """``url`` fit to write down: no user:password@, and the values of query parameters whose
+    names look secret (api_key, token, sig, ...) replaced by ``REDACTED``."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = parts.query
+    if query:
+        query = "&".join(
+            f"{k}=REDACTED" if _SECRET_PARAM.search(k) else (f"{k}={v}" if sep else k)
+            for k, sep, v in (item.partition("=") for item in query.split("&")))
+    if netloc == parts.netloc and query == parts.query:
         return url
-    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query,
-                       parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def request_headers(url: str, api_key: str | None, headers: dict[str, str] | None
