@@ -55,6 +55,7 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """slobench: benchmark LLM serving against per-application SLOs."""
 
 
+from slobench.cli import arena as _arena  # noqa: E402,F401
 from slobench.cli import capacity as _capacity  # noqa: E402,F401
 from slobench.cli import compare as _compare  # noqa: E402,F401
 from slobench.cli import emulate as _emulate  # noqa: E402,F401  (registers the verb)
