@@ -81,6 +81,7 @@ class BenchmarkConfig:
     vision_encoder: str = "qwen2.5-vl"  # sizes images to the Workload's image_tokens
     catalog: str | None = None  # catalog URL or path; None: $SLOBENCH_CATALOG or OUT/catalog.sqlite
     html_report: bool = True  # write report.html at the end (capacity trials skip it)
+    scrape_interval_s: float = 1.0  # GET /metrics every this often during the run; 0: off
 
     def public(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class BenchmarkConfig:
             "slo": self.slo,
             "lag_threshold_s": self.lag_threshold_s,
             "cpu_threshold": self.cpu_threshold,
+            "scrape_interval_s": self.scrape_interval_s,
             "seed": self.seed,
             "workload_source": self.workload_source,
             "workload_options": self.workload_options,
@@ -237,7 +239,18 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                         on_progress=on_progress)
         if on_start:
             on_start(run, runner)
-        outcome = loop.run_until_complete(runner.run())
+        scraper = None
+        if cfg.scrape_interval_s > 0:  # a thread of its own: never on the client's event loop
+            from slobench.client.server_metrics import MetricsScraper
+
+            scraper = MetricsScraper(backend.base_url, run.path, clock,
+                                     interval_s=cfg.scrape_interval_s, engine=server.get("engine"),
+                                     headers=request_headers(target.url or "", target.api_key,
+                                                             target.headers)).start()
+        try:
+            outcome = loop.run_until_complete(runner.run())
+        finally:
+            scrape_info = scraper.stop() if scraper else None
     finally:
         loop.close()
 
@@ -246,9 +259,16 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     health = assess(records, outcome.cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
                     cpu_threshold=cfg.cpu_threshold)
     summary = summarize(records, slos, window=tuple(window))
-    run.write_json(SUMMARY, {"summary": summary, "client_health": health})
+    from slobench.client.server_metrics import finalize as finalize_metrics
+    from slobench.client.server_metrics import run_summary as server_summary
+
+    finalize_metrics(run.path)
+    server_metrics = server_summary(run.path, scrape_info, records, window)
+    run.write_json(SUMMARY, {"summary": summary, "client_health": health,
+                             "server_metrics": server_metrics})
     manifest = run.update_manifest(
         status="interrupted" if outcome.interrupted else "complete",
+        server_metrics=server_metrics,
         window=window,
         cpu_samples=outcome.cpu_samples,
         client_health=health,

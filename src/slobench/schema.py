@@ -76,6 +76,9 @@ RECORDS_SCHEMA = pa.schema(
         pa.field("queue_s", pa.float64(), nullable=False),
         # token_count_source: one of TOKEN_COUNT_SOURCES.
         pa.field("token_count_source", pa.string(), nullable=False),
+        # cached_tokens: prompt tokens the server took from its prefix cache, from its
+        #   usage.prompt_tokens_details.cached_tokens; null when it does not say (older runs too).
+        pa.field("cached_tokens", pa.int64()),
     ]
 )
 
@@ -91,6 +94,7 @@ RECORD_DEFAULTS: dict[str, object] = {
     "error": None,
     "queue_s": 0.0,
     "token_count_source": "none",
+    "cached_tokens": None,
 }
 
 WORKLOAD_DEFAULTS: dict[str, object] = {

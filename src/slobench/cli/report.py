@@ -53,7 +53,7 @@ def report(
     notes += fidelity_warnings(a.manifest.get("length_fidelity") or {})
     specs = {app: a.slos.for_app(app).text for app in (a.summary.get("classes") or {})}
     console().print(render(a.summary, a.health, slo_specs=specs, run_path=str(a.run.path),
-                           notes=notes))
+                           notes=notes, server=a.manifest.get("server_metrics")))
     if html:
         _write_html(a, console())
 

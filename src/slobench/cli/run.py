@@ -214,6 +214,10 @@ def run(
     policy: str = policy_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.",
         rich_help_panel="SLOs and output"),
+    scrape_interval: str = typer.Option("1s", "--scrape-interval", help="Scrape the target's "
+                                        "Prometheus /metrics this often during the run; 0: off "
+                                        "(docs/server-metrics.md).",
+                                        rich_help_panel="SLOs and output"),
     catalog: str = catalog_option(),
     no_catalog: bool = no_catalog_option(),
     hardware: str = typer.Option(None, "--hardware", help="What --target runs on, e.g. 8xH100 "
@@ -273,7 +277,9 @@ def run(
                           workload_options=options, tokenizer=tokenizer,
                           prompt_corpus=prompt_corpus, prefix_block_tokens=prefix_block_tokens,
                           vision_encoder=vision_encoder,
-                          catalog=catalog_choice(catalog, no_catalog))
+                          catalog=catalog_choice(catalog, no_catalog),
+                          scrape_interval_s=parse_duration(scrape_interval,
+                                                           "--scrape-interval") or 0.0)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:
@@ -319,6 +325,7 @@ def run(
                      f"{emulator['steps']} steps late, worst {emulator['lag_max_s'] * 1e3:.0f} "
                      "ms): its latencies are pessimistic; use `slobench simulate` for this load.")
     out_console.print(render(analysis.summary, analysis.health, slo_specs=specs,
-                             run_path=str(analysis.run.path), notes=notes))
+                             run_path=str(analysis.run.path), notes=notes,
+                             server=analysis.manifest.get("server_metrics")))
     if analysis.manifest.get("status") == "interrupted":
         raise typer.Exit(130)

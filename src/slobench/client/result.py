@@ -9,6 +9,7 @@ class RequestResult:
     __slots__ = (
         "answer",
         "app",
+        "cached_tokens",
         "client_id",
         "done_s",
         "error",
@@ -46,6 +47,7 @@ class RequestResult:
         self.error: str | None = None
         self.queue_s = 0.0
         self.token_count_source = "none"
+        self.cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
         # the answer's text pieces, kept only when a session's next turn needs the history
         self.answer: list[str] | None = None
 
@@ -75,4 +77,5 @@ class RequestResult:
             "error": self.error,
             "queue_s": self.queue_s,
             "token_count_source": self.token_count_source,
+            "cached_tokens": self.cached_tokens,
         }

@@ -226,6 +226,14 @@ class _Metrics:
                                 labels, registry=r)
         self.lag_max = Gauge("slobench_emulator_lag_max_seconds", "Worst step lateness",
                              labels, registry=r)
+        # engine steps and the tokens they computed (prefill + decode): tokens per step is the
+        # batching efficiency; real counters (exposed as *_total), advanced at each scrape
+        self.steps = Counter("slobench_emulator_steps", "Engine steps", labels, registry=r)
+        self.step_tokens = Counter("slobench_emulator_step_tokens", "Tokens computed by engine "
+                                   "steps (prefill and decode)", labels, registry=r)
+        self._counted = {"steps": 0, "tokens": 0}
+        self.steps.labels(model)  # exported (as 0) from the first scrape on
+        self.step_tokens.labels(model)
 
     def render(self, loop: EngineLoop) -> bytes:
         s = loop.scheduler.stats
@@ -241,6 +249,12 @@ class _Metrics:
         self.prefix_hits.labels(m).set(s.get("prefix_cache_hits", 0))
         self.late_steps.labels(m).set(loop.late_steps)
         self.lag_max.labels(m).set(loop.lag_max_s)
+        now = {"steps": s.get("steps_total", 0), "tokens": s.get("prefill_tokens_computed", 0)
+               + s.get("decode_tokens_computed", 0)}
+        for key, counter in (("steps", self.steps), ("tokens", self.step_tokens)):
+            if now[key] > self._counted[key]:
+                counter.labels(m).inc(now[key] - self._counted[key])
+                self._counted[key] = now[key]
         return generate_latest(self.registry)
 
 

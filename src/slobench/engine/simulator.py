@@ -413,6 +413,7 @@ def _records(
         "token_count_source": pa.array(
             np.where(ok, "usage_deltas", "none").tolist(), pa.string()
         ),
+        "cached_tokens": pa.nulls(n, pa.int64()),
     }
     arrays = [
         columns[f.name].combine_chunks() if isinstance(columns[f.name], pa.ChunkedArray)

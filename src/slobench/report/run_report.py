@@ -650,6 +650,8 @@ def run_page(view: RunView) -> str:
                    + f" Overall {fmt_frac(slo.get('attainment'))} of requests met their SLO; "
                      f"goodput {fmt_rate(overall.get('goodput_rps'), ' req/s')}."}
     figs, plot_notes = run_figures(view)
+    server, server_first = _server_section(view), len(figs)
+    figs = figs + server["figures"]
     error_rows, error_note = _error_rows(view)
     client_rows, client_note = _client_rows(view)
     return render_page(
@@ -665,7 +667,16 @@ def run_page(view: RunView) -> str:
                      f"{fmt_s(s.get('duration_s'))} of window."),
         sampling_note=_sampling_note(view.records.num_rows), plot_notes=plot_notes,
         error_rows=error_rows, error_note=error_note, client_rows=client_rows,
-        client_note=client_note)
+        client_note=client_note, server_section=server, server_first=server_first)
+
+
+def _server_section(view: RunView) -> dict[str, Any]:
+    """The "Server metrics" section (report/server_plots.py), on the latency plots' time axis."""
+    from slobench.report.server_plots import server_section
+
+    bins = _Bins.over(view.span_s, view.records.num_rows)
+    return server_section(view.analysis.run.path, view.manifest, view.summary.get("window"),
+                          bins.unit, bins.div, _window_shapes(view, bins.div), view.records)
 
 
 def write_run_report(run_dir: Path, out: Path | None = None, *, analysis: Any = None) -> Path:

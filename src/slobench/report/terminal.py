@@ -96,8 +96,36 @@ def health_text(health: dict[str, Any]) -> Text:
     return text
 
 
+def server_metrics_text(block: dict[str, Any] | None) -> str | None:
+    """One line on the server side of a run (the ``server_metrics`` block of its manifest):
+    queue, KV-cache use, prefix-cache hit rate, batching efficiency; None when there is none."""
+    if not block:
+        return None
+    s = block.get("summary") or {}
+    parts = []
+    for key, label in (("requests_running", "running"), ("requests_waiting", "waiting")):
+        if s.get(key):
+            parts.append(f"{label} {s[key]['mean']:.1f} mean / {s[key]['max']:.0f} max")
+    if s.get("kv_cache_usage"):
+        parts.append(f"KV cache {fmt_frac(s['kv_cache_usage']['mean'])} mean / "
+                     f"{fmt_frac(s['kv_cache_usage']['max'])} max")
+    if s.get("prefix_cache_hit_rate") is not None:
+        parts.append(f"prefix-cache hit rate {fmt_frac(s['prefix_cache_hit_rate'])}")
+    if s.get("tokens_per_step") is not None:
+        parts.append(f"{s['tokens_per_step']:.1f} tokens/step")
+    if s.get("preemptions") is not None:
+        parts.append(f"{s['preemptions']} preemptions")
+    cache = block.get("prompt_cache") or {}
+    if cache.get("hit_share") is not None:
+        parts.append(f"cached prompt tokens (usage) {fmt_frac(cache['hit_share'])}")
+    if parts:
+        return "Server metrics: " + "; ".join(parts) + "."
+    return f"Server metrics: none ({block['note']})." if block.get("note") else None
+
+
 def render(summary: dict[str, Any], health: dict[str, Any], *, slo_specs: dict[str, str],
-           run_path: str | None = None, notes: list[str] | None = None) -> Group:
+           run_path: str | None = None, notes: list[str] | None = None,
+           server: dict[str, Any] | None = None) -> Group:
     overall = summary.get("overall") or {}
     thr = overall.get("throughput") or {}
     window = summary.get("window") or [0, 0]
@@ -117,6 +145,9 @@ def render(summary: dict[str, Any], health: dict[str, Any], *, slo_specs: dict[s
     specs = [f"{app}: {slo_specs[app]}" for app in sorted(classes) if app in slo_specs]
     if specs:
         lines.append("SLOs (met when all hold; target attainment per class): " + "; ".join(specs))
+    server_line = server_metrics_text(server)
+    if server_line:
+        lines.append(server_line)
     for line in lines:
         parts.append(Text(line))
     for note in notes or []:

@@ -211,6 +211,7 @@ class OpenAIBackend:
         result.reasoning_tokens = _reasoning_from_usage(usage) or 0
         if isinstance(usage.get("prompt_tokens"), int):
             result.input_tokens = usage["prompt_tokens"]
+        result.cached_tokens = _cached_from_usage(usage)
         result.status = "ok"
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, result: RequestResult,
@@ -346,6 +347,15 @@ class OpenAIBackend:
         result.token_count_source = source
         if final_usage and isinstance(final_usage.get("prompt_tokens"), int):
             result.input_tokens = final_usage["prompt_tokens"]
+        result.cached_tokens = _cached_from_usage(final_usage or {})
+
+
+def _cached_from_usage(usage: dict[str, Any]) -> int | None:
+    """Prompt tokens served from the prefix cache (``usage.prompt_tokens_details.cached_tokens``,
+    as OpenAI, vLLM with --enable-prompt-tokens-details and SGLang report it); None if absent."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _reasoning_from_usage(usage: dict[str, Any]) -> int | None:
