@@ -5,7 +5,17 @@
 # Idempotent: a second run does nothing.
 set -uo pipefail
 
+# llama.cpp's native llama-server for tests/test_llama_cpp.py: built once (minutes), then cached
+# outside the repo (scripts/build-llama-server.sh). Runs on every way out, after the installs.
+build_llama() {
+    bash "$(dirname "${BASH_SOURCE[0]}")/build-llama-server.sh" \
+        || echo "test-setup: llama-server not built; tests/test_llama_cpp.py will skip" >&2
+}
+trap build_llama EXIT
+
 need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v c++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || need+=(g++ make)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
     || need+=(postgresql)

@@ -270,7 +270,9 @@ class ServerTokenizer:
     def _detect(self) -> str:
         if self.dialect is None:
             try:
-                self._vllm({"prompt": "hello world"}, True)
+                # llama.cpp answers a body without "content" with no tokens at all: not vLLM
+                if self._vllm({"prompt": "hello world"}, True) == 0:
+                    raise _Refused(200)
                 self.dialect = "vllm"
             except _Refused:
                 try:

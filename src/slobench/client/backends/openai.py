@@ -119,6 +119,8 @@ class OpenAIBackend:
         self.stream = stream
         self.extra_body = dict(extra_body or {})
         self.headers = request_headers(base_url, api_key, headers)
+        if stream and preset.close_after_stream:
+            self.headers.setdefault("Connection", "close")
 
     # -- request -----------------------------------------------------------------------------
 

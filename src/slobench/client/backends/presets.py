@@ -20,6 +20,9 @@ class EnginePreset:
     continuous_usage: bool = False  # stream_options.continuous_usage_stats (per-chunk usage)
     max_tokens_field: str = "max_tokens"  # chat only; completions always use max_tokens
     extra: tuple[tuple[str, object], ...] = ()
+    # send "Connection: close" with streamed requests: for servers that close the connection
+    # after a stream while announcing keep-alive, where reusing it races the close
+    close_after_stream: bool = False
 
 
 PRESETS: dict[str, EnginePreset] = {
@@ -30,8 +33,10 @@ PRESETS: dict[str, EnginePreset] = {
     "sglang": EnginePreset("sglang", ignore_eos=True, min_tokens=True, continuous_usage=True),
     # TGI's Messages API has no way to force the output length.
     "tgi": EnginePreset("tgi"),
-    # llama.cpp server: ignore_eos is a native option; usage arrives on the final chunk.
-    "llamacpp": EnginePreset("llamacpp", ignore_eos=True),
+    # llama.cpp server: ignore_eos is a native option; usage arrives on the final chunk only.
+    # llama-server answers "Keep-Alive: timeout=5, max=100" yet closes the connection after a
+    # streamed response: a request sent on it right after fails ("Can not write request body").
+    "llamacpp": EnginePreset("llamacpp", ignore_eos=True, close_after_stream=True),
     # OpenAI's API: max_completion_tokens (max_tokens is deprecated for reasoning models).
     "openai": EnginePreset("openai", max_tokens_field="max_completion_tokens"),
     # Only standard fields: the safe choice for an unknown server.
