@@ -38,7 +38,7 @@ from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, 
 from slobench.slo.spec import SLOSet, parse_slo
 from slobench.slo.summary import summarize
 from slobench.store.catalog import register_safely
-from slobench.store.rundir import RECORDS, SUMMARY, RunDir, redact
+from slobench.store.rundir import RECORDS, SUMMARY, RunDir, recorded_window, redact
 
 
 @dataclass
@@ -298,11 +298,7 @@ def analyze(path: Path, *, slo: str | None = None, warmup_s: float | None = None
     records, source, torn = run.load_records()
     slos = parse_slo(slo if slo is not None else config.get("slo"), source="--slo" if slo
                      else f"{path}/manifest.json")
-    window = manifest.get("window")
-    if window is None:  # killed before the end: everything the journal holds
-        plan = config.get("plan") or {}
-        last = records["scheduled_s"].to_numpy().max() + 1e-9 if records.num_rows else 1e-9
-        window = [min(plan.get("warmup_s", 0.0), last), last]
+    window = list(recorded_window(manifest, records))
     if warmup_s is not None or cooldown_s is not None:
         start, end = window
         plan = config.get("plan") or {}

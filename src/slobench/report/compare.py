@@ -53,7 +53,7 @@ from slobench.slo.health import DEFAULT_CPU_THRESHOLD, DEFAULT_LAG_THRESHOLD_S, 
 from slobench.slo.metrics import Derived, check_slos, derive
 from slobench.slo.spec import SLOSet, parse_slo
 from slobench.slo.stats import percentiles
-from slobench.store.rundir import SUMMARY, RunDir
+from slobench.store.rundir import SUMMARY, RunDir, recorded_window
 from slobench.units import UNIT_SECONDS
 
 OVERALL = "overall"
@@ -426,17 +426,6 @@ class _Run:
     apps: np.ndarray
 
 
-def _window(manifest: dict[str, Any], records: pa.Table) -> tuple[float, float]:
-    """The run's measurement window: as ``slobench report`` uses it (benchmark.analyze)."""
-    window = manifest.get("window")
-    if window is None:  # killed before the end: everything the journal holds
-        plan = (manifest.get("config") or {}).get("plan") or {}
-        sched = records["scheduled_s"].to_numpy()
-        last = float(sched.max()) + 1e-9 if sched.size else 1e-9
-        window = [min(plan.get("warmup_s", 0.0), last), last]
-    return float(window[0]), float(window[1])
-
-
 def describe_target(manifest: dict[str, Any]) -> str:
     """One line: what the run measured."""
     target = manifest.get("target") or {}
@@ -471,7 +460,7 @@ def _load(index: int, path: Path, slos: SLOSet) -> _Run:
     run = RunDir.open(path)
     manifest = run.manifest()
     records, source, _ = run.load_records()
-    window = _window(manifest, records)
+    window = recorded_window(manifest, records)
     if not window[1] > window[0]:
         raise UserError(f"{path}: the run's measurement window {list(window)} is empty; "
                         "check its manifest.json")

@@ -82,6 +82,18 @@ def table_fingerprint(table: pa.Table) -> str:
     return h.hexdigest()[:16]
 
 
+def recorded_window(manifest: dict[str, Any], records: pa.Table) -> tuple[float, float]:
+    """A run's measurement window: the manifest's, or for a run killed before it was written,
+    from the end of the warm-up to the last scheduled request the records hold."""
+    window = manifest.get("window")
+    if window is None:
+        plan = (manifest.get("config") or {}).get("plan") or {}
+        sched = records["scheduled_s"].to_numpy()
+        last = float(sched.max()) + 1e-9 if sched.size else 1e-9
+        window = [min(plan.get("warmup_s", 0.0), last), last]
+    return float(window[0]), float(window[1])
+
+
 def _now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
