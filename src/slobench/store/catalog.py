@@ -561,23 +561,35 @@ class Catalog:
     def shown(self) -> str:
         return shown_url(self.url)
 
+    def _backoff(self) -> Callable[[OperationalError], bool]:
+        """``busy(exc)``: True, after a randomized exponential wait, while ``exc`` is SQLite
+        answering "locked" and SQLITE_BUSY_S has not passed since this was made."""
+        deadline = time.monotonic() + SQLITE_BUSY_S
+        delay = [0.01]
+        sqlite = self.engine.dialect.name == "sqlite"
+
+        def busy(exc: OperationalError) -> bool:
+            if not (sqlite and _busy(exc) and time.monotonic() < deadline):
+                return False
+            time.sleep(delay[0] * (1 + random.random()))
+            delay[0] = min(delay[0] * 2, 0.25)
+            return True
+
+        return busy
+
     def _run(self, work: Callable[[Connection], T], *, write: bool = True) -> T:
         """``work(conn)`` in one transaction. A writing one on SQLite takes the write lock up
         front (waiting for it), so concurrent registrations queue; the moments when SQLite
         answers "locked" without waiting (another process opening or closing the WAL) are
         retried, with backoff, for up to SQLITE_BUSY_S."""
-        deadline = time.monotonic() + SQLITE_BUSY_S
-        delay = 0.01
+        busy = self._backoff()
         while True:
             try:
                 with self.engine.connect().execution_options(slobench_write=write) as conn, \
                         conn.begin():
                     return work(conn)
             except OperationalError as exc:
-                if self.engine.dialect.name == "sqlite" and _busy(exc) \
-                        and time.monotonic() < deadline:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.25)
+                if busy(exc):
                     continue
                 raise self._error(exc) from None
             except SQLAlchemyError as exc:
@@ -587,8 +599,7 @@ class Catalog:
     def _tx(self, write: bool = True) -> Iterator[Connection]:
         """A transaction as a context (for readers of the catalog's tables, e.g. the arena):
         opening and beginning it is retried like ``_run``; errors become CatalogError."""
-        deadline = time.monotonic() + SQLITE_BUSY_S
-        delay = 0.01
+        busy = self._backoff()
         while True:
             conn = None
             try:
@@ -598,10 +609,7 @@ class Catalog:
             except OperationalError as exc:
                 if conn is not None:
                     conn.close()
-                if self.engine.dialect.name == "sqlite" and _busy(exc) \
-                        and time.monotonic() < deadline:
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.25)
+                if busy(exc):
                     continue
                 raise self._error(exc) from None
             except SQLAlchemyError as exc:
