@@ -41,7 +41,10 @@ def test_presets_pick_the_fields_each_engine_understands():
     comp = body("sglang", endpoint="completions", stream=False)
     assert comp["prompt"] == "hello world" and comp["max_tokens"] == 64
     assert "stream_options" not in comp and comp["stream"] is False
-    assert set(PRESETS) == {"vllm", "sglang", "tgi", "llamacpp", "openai", "generic"}
+    trt = body("trtllm")
+    assert trt["ignore_eos"] is True and trt["min_tokens"] == 64
+    assert set(PRESETS) == {"vllm", "sglang", "tgi", "trtllm", "llamacpp", "emulator", "openai",
+                            "generic"}
 
 
 def test_extra_body_passes_through_and_wins():

@@ -265,14 +265,15 @@ def slobench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_run_report_compare(llama, files, tmp_path):
-    common = ["--target", llama.base_url, "--engine", "llamacpp", "--requests", "12",
+    common = ["--target", llama.base_url, "--requests", "12",
               "--rate", "6", "--input-tokens", "uniform:30..300", "--output-tokens",
               "uniform:4..32", "--out", str(tmp_path / "runs"), "--quiet", "--seed", "3",
               "--slo", "chatbot: ttft<=5s, tpot<=1s; coding: ttft<=5s; "
                        "summarization: ttft<=5s"]
     a = slobench("run", *common, "--run-id", "chat-server", "--tokenizer", "server",
-                 cwd=tmp_path)
+                 "--engine", "llamacpp", cwd=tmp_path)
     assert a.returncode == 0, a.stderr + a.stdout
+    # no --engine: auto, the preset of the engine the probe finds (forcing lengths exactly)
     b = slobench("run", *common, "--run-id", "completions-file", "--endpoint", "completions",
                  "--tokenizer", str(files[1]), cwd=tmp_path)
     assert b.returncode == 0, b.stderr + b.stdout
@@ -281,6 +282,7 @@ def test_cli_run_report_compare(llama, files, tmp_path):
         manifest = json.loads((runs / name / "manifest.json").read_text())
         assert manifest["status"] == "complete"
         assert manifest["server"]["engine"] == "llama.cpp"
+        assert manifest["target"]["engine"] == "llamacpp"
         assert manifest["server"]["engine_version"]
         assert manifest["length_fidelity"], manifest
         recs = pq.read_table(runs / name / "records.parquet").to_pylist()

@@ -43,7 +43,7 @@ SCENARIO_DEFAULTS: dict[str, Any] = {
     "rate": "4", "duration": "30s", "warmup": "0s", "process": "poisson", "cv": 1.0,
     "input_tokens": "lognormal:mean=512,cv=0.6,max=4096",
     "output_tokens": "lognormal:mean=128,cv=0.6,max=1024", "apps": None, "profile": None,
-    "sessions": None, "seed": 0, "slo": None, "engine": "generic", "model": None,
+    "sessions": None, "seed": 0, "slo": None, "engine": "auto", "model": None,
 }
 RESERVED = ("port",)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

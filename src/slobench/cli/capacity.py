@@ -67,8 +67,9 @@ def scaled_rate(rate: str, load: float) -> str:
 def capacity(
     target: str = typer.Option(None, "--target", "-t", help="Live server URL; without it every "
                                "trial runs on the simulator."),
-    engine_preset: str = typer.Option("generic", "--engine", "-e", help="Live: request fields "
-                                      "preset (vllm, sglang, tgi, llamacpp, openai, generic)."),
+    engine_preset: str = typer.Option("auto", "--engine", "-e", help="Live: engine preset "
+                                      "(auto: detected; or vllm, sglang, tgi, trtllm, llamacpp, "
+                                      "emulator, openai, generic)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Live: environment "
                                     "variable holding the API key (never written to disk)."),
     profile: str = typer.Option(None, "--profile", help="Built-in workload profile; its rate "

@@ -284,8 +284,8 @@ def steps(
                                       "start the built-in emulator; repeat for each target."),
     ramp: str = typer.Option("2+2/10s..16", "--ramp", help="Step ramp: START+STEP/INTERVAL..MAX"
                              " users (the same for every target)."),
-    engine_preset: str = typer.Option("generic", "--engine", "-e", help="Request fields preset "
-                                      "for URL targets."),
+    engine_preset: str = typer.Option("auto", "--engine", "-e", help="Engine preset "
+                                      "for URL targets (auto: detected from the server)."),
     input_tokens: str = typer.Option("lognormal:mean=512,cv=0.6,max=4096", "--input-tokens",
                                      help="Prompt lengths."),
     output_tokens: str = typer.Option("lognormal:mean=128,cv=0.6,max=1024", "--output-tokens",

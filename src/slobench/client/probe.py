@@ -18,28 +18,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-# Metric-name prefixes of each engine, most specific first: the built-in emulator exports vLLM's
-# names (so vLLM dashboards work on it) plus slobench_emulator_* of its own.
+from slobench.client.backends.presets import DETECTION_ORDER, PRESETS
+
+# Metric-name prefixes, owners and version endpoints come from the engine presets (one place);
+# Triton is recognized but has no preset (its OpenAI frontend is not one slobench has checked).
 METRIC_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("slobench_emulator_", "slobench-emulator"),
-    ("vllm:", "vllm"),
-    ("sglang:", "sglang"),
-    ("tgi_", "tgi"),
-    ("llamacpp:", "llama.cpp"),
+    *((p.metric_prefix or "", p.engine) for p in DETECTION_ORDER),
     ("nv_inference_", "triton"),
 )
 
-# GET /v1/models "owned_by" values that name the engine.
-OWNERS = {"vllm": "vllm", "sglang": "sglang", "tgi": "tgi", "llamacpp": "llama.cpp",
-          "llama.cpp": "llama.cpp", "slobench": "slobench"}
+# GET /v1/models "owned_by" values that name the engine ("slobench": the built-in servers).
+OWNERS = {**{o: p.engine for p in PRESETS.values() for o in p.owned_by}, "slobench": "slobench"}
 
 # The engine's own version endpoint and the JSON fields that may hold its version.
 VERSION_ENDPOINTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "vllm": ("/version", ("version",)),
-    "tgi": ("/info", ("version",)),
-    "sglang": ("/get_server_info", ("version",)),
-    "llama.cpp": ("/props", ("build_info", "version")),
-}
+    p.engine: (p.version_endpoint, p.version_fields)
+    for p in PRESETS.values() if p.version_endpoint}
 
 # Model-entry fields worth keeping (beyond the id).
 MODEL_FIELDS = ("owned_by", "max_model_len", "root", "parent")

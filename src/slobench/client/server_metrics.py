@@ -164,12 +164,13 @@ def detect_engine(text: str) -> str | None:
 
 
 class MetricsScraper:
-    """Scrapes ``base_url/metrics`` every ``interval_s`` in a daemon thread until ``stop``."""
+    """Scrapes ``base_url + path`` (the engine preset's ``metrics_path``) every ``interval_s``
+    in a daemon thread until ``stop``."""
 
     def __init__(self, base_url: str, run_dir: Path, clock: RunClock, *,
                  interval_s: float = DEFAULT_INTERVAL_S, engine: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        self.url = base_url.rstrip("/") + "/metrics"
+                 headers: dict[str, str] | None = None, path: str = "/metrics") -> None:
+        self.url = base_url.rstrip("/") + path
         self.path = Path(run_dir) / JOURNAL
         self.clock = clock
         self.interval_s = interval_s

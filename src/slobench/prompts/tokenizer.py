@@ -230,26 +230,39 @@ def load_tokenizer(spec: str | Path | None) -> Tokenizer:
                     "tokenizer.json path, or a Hugging Face model id (org/name) in the local cache")
 
 
+# The tokenize endpoints slobench speaks (the engine presets name each engine's dialect):
+#   vllm      POST /tokenize {"prompt"| "messages", "add_special_tokens"} -> {"count", "tokens"}
+#             (vLLM, SGLang and the built-in emulator)
+#   llamacpp  POST /tokenize {"content", "add_special"} -> {"tokens"}; chat rendered first by
+#             POST /apply-template {"messages"} -> {"prompt"}
+#   tgi       POST /tokenize {"inputs"} -> [{"id", "text", ...}, ...];
+#             chat: POST /chat_tokenize {"model", "messages"} -> {"tokenize_response": [...]}
+#   trtllm    POST /_internal/tokenize {"prompt"} -> {"count"}; text only
+TOKENIZE_DIALECTS = ("vllm", "llamacpp", "tgi", "trtllm")
+CHAT_DIALECTS = frozenset({"vllm", "llamacpp", "tgi"})
+
+
 class ServerTokenizer:
     """The target server's own tokenizer, over HTTP (counts only).
 
-    Two dialects, detected on first use: ``vllm`` (``POST /tokenize`` with ``prompt`` or
-    ``messages``, answering ``count``/``tokens``; vLLM and the built-in emulator) and
-    ``llamacpp`` (``POST /tokenize`` with ``content``, answering ``tokens``; chat through
-    ``POST /apply-template``). Many counts at once run on a small thread pool."""
+    ``dialect`` is one of ``TOKENIZE_DIALECTS`` (the engine preset's), or None to detect it on
+    first use (tried in the order vllm, llamacpp, tgi, trtllm). Many counts at once run on a small
+    thread pool."""
 
     WORKERS = 16
 
     def __init__(self, base_url: str, model: str, *, headers: Mapping[str, str] | None = None,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, dialect: str | None = None) -> None:
+        if dialect is not None and dialect not in TOKENIZE_DIALECTS:
+            raise ValueError(f"unknown tokenize dialect {dialect!r}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"server:{self.base_url}"
         self._headers = {"Content-Type": "application/json", **dict(headers or {})}
         self._timeout = timeout_s
-        self.dialect: str | None = None
+        self.dialect: str | None = dialect
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
         import urllib.error
         import urllib.request
 
@@ -257,53 +270,92 @@ class ServerTokenizer:
                                      headers=self._headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
-                data = json.loads(resp.read())
+                return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise _Refused(exc.code) from None
         except (OSError, ValueError) as exc:
             raise UserError(f"--tokenizer server: {self.base_url}{path} failed ({exc}); is the "
                             "server up?") from None
-        if not isinstance(data, dict):
-            raise _Refused(200)
-        return data
 
     def _detect(self) -> str:
         if self.dialect is None:
-            try:
-                # llama.cpp answers a body without "content" with no tokens at all: not vLLM
-                if self._vllm({"prompt": "hello world"}, True) == 0:
-                    raise _Refused(200)
-                self.dialect = "vllm"
-            except _Refused:
+            refused: list[int] = []
+            # llama.cpp answers a body without "content" with no tokens at all: not vLLM
+            probes = (("vllm", lambda: self._vllm({"prompt": "hello world"}, True)),
+                      ("llamacpp", lambda: self._llamacpp("hello world", True)),
+                      ("tgi", lambda: self._tgi("hello world")),
+                      ("trtllm", lambda: self._trtllm("hello world")))
+            for dialect, probe in probes:
                 try:
-                    self._llamacpp("hello world", True)
-                    self.dialect = "llamacpp"
+                    if probe() > 0:
+                        self.dialect = dialect
+                        break
                 except _Refused as exc:
-                    raise UserError(
-                        f"--tokenizer server: {self.base_url} has no tokenize endpoint that "
-                        f"slobench knows (HTTP {exc.status}); give a tokenizer.json instead"
-                    ) from None
+                    refused.append(exc.status)
+            else:
+                raise UserError(
+                    f"--tokenizer server: {self.base_url} has no tokenize endpoint that slobench "
+                    f"knows (HTTP {', '.join(map(str, refused)) or 'answers without tokens'}); "
+                    "give a tokenizer.json instead")
         return self.dialect
 
-    def _vllm(self, body: dict[str, Any], special: bool) -> int:
-        data = self._post("/tokenize", {"model": self.model, "add_special_tokens": special,
-                                        **body})
-        if isinstance(data.get("count"), int):
-            return data["count"]
-        if isinstance(data.get("tokens"), list):
-            return len(data["tokens"])
+    def check(self, *, chat: bool) -> None:
+        """Fail now, in one line, when the server cannot count what the run will send."""
+        dialect = self._detect()
+        if chat and dialect not in CHAT_DIALECTS:
+            raise UserError(
+                f"--tokenizer server: {self.base_url}'s tokenize endpoint ({dialect}) takes text "
+                "only, so chat prompts cannot be counted exactly; give the model's tokenizer "
+                "(--tokenizer org/model from the local HF cache, or a tokenizer.json), or use "
+                "--endpoint completions")
+
+    def _vllm(self, body: dict[str, Any], special: bool, path: str = "/tokenize") -> int:
+        data = self._post(path, {"model": self.model, "add_special_tokens": special, **body})
+        if isinstance(data, dict):
+            if isinstance(data.get("count"), int):
+                return data["count"]
+            if isinstance(data.get("tokens"), list):
+                return len(data["tokens"])
         raise _Refused(200)
 
     def _llamacpp(self, text: str, special: bool) -> int:
         data = self._post("/tokenize", {"content": text, "add_special": special})
-        if not isinstance(data.get("tokens"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
             raise _Refused(200)
         return len(data["tokens"])
 
+    def _tgi(self, text: str) -> int:
+        data = self._post("/tokenize", {"inputs": text})
+        if not isinstance(data, list):
+            raise _Refused(200)
+        return len(data)
+
+    def _trtllm(self, text: str) -> int:
+        data = self._post("/_internal/tokenize", {"model": self.model, "prompt": text})
+        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
+            raise _Refused(200)
+        return data["count"]
+
     def count(self, text: str, *, special: bool = True) -> int:
-        if self._detect() == "vllm":
+        try:
+            return self._count(text, special)
+        except _Refused as exc:
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: _Refused) -> UserError:
+        return UserError(f"--tokenizer server: {self.base_url} refused a tokenize request "
+                         f"(HTTP {exc.status}, {self.dialect} dialect); give a tokenizer.json "
+                         "instead")
+
+    def _count(self, text: str, special: bool) -> int:
+        dialect = self._detect()
+        if dialect == "vllm":
             return self._vllm({"prompt": text}, special)
-        return self._llamacpp(text, special)
+        if dialect == "llamacpp":
+            return self._llamacpp(text, special)
+        if dialect == "tgi":  # TGI always adds the tokenizer's special tokens
+            return self._tgi(text)
+        return self._trtllm(text)
 
     def count_batch(self, texts: Sequence[str], *, special: bool = True) -> list[int]:
         from concurrent.futures import ThreadPoolExecutor
@@ -317,16 +369,36 @@ class ServerTokenizer:
 
     def render_chat(self, messages: Sequence[Message]) -> str:
         if self._detect() == "llamacpp":
-            data = self._post("/apply-template", {"messages": list(messages)})
-            if isinstance(data.get("prompt"), str):
+            try:
+                data = self._post("/apply-template", {"messages": list(messages)})
+            except _Refused as exc:
+                raise self._refused(exc) from None
+            if isinstance(data, dict) and isinstance(data.get("prompt"), str):
                 return data["prompt"]
         return "\n".join(_text_of(m.get("content")) for m in messages)
 
     def count_chat(self, messages: Sequence[Message]) -> int:
-        if self._detect() == "vllm":
+        try:
+            return self._count_chat(messages)
+        except _Refused as exc:
+            raise self._refused(exc) from None
+
+    def _count_chat(self, messages: Sequence[Message]) -> int:
+        dialect = self._detect()
+        if dialect == "vllm":
             return self._vllm({"messages": list(messages), "add_generation_prompt": True},
                               False)
-        return self._llamacpp(self.render_chat(messages), False)
+        if dialect == "llamacpp":
+            return self._llamacpp(self.render_chat(messages), False)
+        if dialect == "tgi":
+            data = self._post("/chat_tokenize", {"model": self.model,
+                                                 "messages": list(messages)})
+            if isinstance(data, dict) and isinstance(data.get("tokenize_response"), list):
+                return len(data["tokenize_response"])
+            raise UserError(f"--tokenizer server: {self.base_url}/chat_tokenize answered "
+                            "without tokenize_response; give a tokenizer.json instead")
+        self.check(chat=True)  # raises: a text-only endpoint
+        return 0
 
 
 class _Refused(Exception):

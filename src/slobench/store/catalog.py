@@ -55,6 +55,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from slobench import __version__
+from slobench.client.backends.presets import AUTO, PRESETS
 from slobench.client.probe import clean_url
 from slobench.errors import UserError
 from slobench.store.rundir import MANIFEST, SUMMARY, redact
@@ -429,8 +430,9 @@ def describe_run(path: Path, manifest: dict[str, Any], doc: dict[str, Any] | Non
         preset = target.get("engine") if isinstance(target.get("engine"), str) else None
         if server.get("engine"):
             engine, source = server["engine"], server.get("detected_from") or "server"
-        elif preset and preset != "generic":
-            engine, source = preset, "flag"
+        elif preset and preset not in ("generic", AUTO):
+            known = PRESETS.get(preset)
+            engine, source = (known.engine if known else preset), "flag"
         else:
             engine, source = None, None
         version = server.get("engine_version")
