@@ -21,11 +21,18 @@ import orjson
 import pyarrow as pa
 
 from slobench.client.backends.openai import OpenAIBackend, normalize_base_url, request_headers
-from slobench.client.backends.presets import get_preset
+from slobench.client.backends.presets import AUTO, resolve_preset
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.probe import identify_server
 from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
+from slobench.client.shards import (
+    ShardedRunner,
+    default_workers,
+    effective_workers,
+    is_loopback,
+    unit_count,
+)
 from slobench.clock import RunClock
 from slobench.engine.config import EngineConfig
 from slobench.errors import UserError
@@ -45,7 +52,7 @@ from slobench.store.rundir import RECORDS, SUMMARY, RunDir, recorded_window, red
 class TargetConfig:
     url: str | None = None  # None: start the built-in target
     model: str | None = None
-    engine: str = "generic"
+    engine: str = AUTO  # an engine preset name, or auto: the detected engine's
     endpoint: str = "chat"
     stream: bool = True
     api_key: str | None = field(default=None, repr=False)  # never written anywhere
@@ -82,6 +89,10 @@ class BenchmarkConfig:
     catalog: str | None = None  # catalog URL or path; None: $SLOBENCH_CATALOG or OUT/catalog.sqlite
     html_report: bool = True  # write report.html at the end (capacity trials skip it)
     scrape_interval_s: float = 1.0  # GET /metrics every this often during the run; 0: off
+    # client worker processes (docs/running.md#sharding); 1: one process, the client in this
+    # one; None: client.shards.default_workers (one per usable core, less one for a built-in
+    # target)
+    workers: int | None = 1
 
     def public(self) -> dict[str, Any]:
         return {
@@ -93,6 +104,7 @@ class BenchmarkConfig:
             "lag_threshold_s": self.lag_threshold_s,
             "cpu_threshold": self.cpu_threshold,
             "scrape_interval_s": self.scrape_interval_s,
+            "workers": self.workers,
             "seed": self.seed,
             "workload_source": self.workload_source,
             "workload_options": self.workload_options,
@@ -187,31 +199,46 @@ def measurement_window(plan: LoadPlan, outcome: RunOutcome, records: pa.Table) -
     return [start, max(start, end - plan.cooldown_s)]
 
 
+def client_workers(cfg: BenchmarkConfig, workload: pa.Table) -> int:
+    """How many client worker processes drive the run: ``cfg.workers`` (None: the default),
+    never more than can each get a share of the workload and the plan."""
+    requested = cfg.workers
+    if requested is None:
+        local = cfg.builtin_engine is not None or is_loopback(cfg.target.url)
+        requested = default_workers(local_target=local)
+    return effective_workers(cfg.plan, requested, unit_count(workload))
+
+
 def token_counting(records: pa.Table) -> dict[str, int]:
     return dict(Counter(records["token_count_source"].to_pylist()))
 
 
 def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
-                  on_start: Callable[[RunDir, Runner], None] | None = None,
+                  on_start: Callable[[RunDir, Runner | ShardedRunner], None] | None = None,
                   on_progress: Callable[[Progress], None] | None = None) -> Analysis:
     slos = parse_slo(cfg.slo)
     slos.check_classes(set(workload["app"].to_pylist()))
     target = cfg.target
     chat = target.endpoint == "chat"
     resolve_encoder(cfg.vision_encoder)  # an unknown name fails before anything starts
+    n_workers = client_workers(cfg, workload)
+    resolve_preset(target.engine, None)  # so does an unknown --engine
     from_server = cfg.tokenizer == "server"
     synth = None if from_server else make_synthesizer(
         cfg.tokenizer, cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
     loop = new_event_loop()
     try:
         model = loop.run_until_complete(probe_target(target))
+        base_url = normalize_base_url(target.url or "")
+        auth = request_headers(target.url or "", target.api_key, target.headers)
+        server = identify_server(base_url, auth)  # never fails; short timeouts
+        preset = resolve_preset(target.engine, server.get("engine"))  # --engine auto: detected
         if synth is None:  # --tokenizer server: the target's own tokenize endpoint
-            synth = make_synthesizer(
-                ServerTokenizer(normalize_base_url(target.url or ""), model,
-                                headers=request_headers(target.url or "", target.api_key,
-                                                        target.headers)),
-                cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
-        backend = OpenAIBackend(target.url or "", model=model, preset=get_preset(target.engine),
+            tokenizer = ServerTokenizer(base_url, model, headers=auth, dialect=preset.tokenize)
+            tokenizer.check(chat=chat)
+            synth = make_synthesizer(tokenizer, cfg.prompt_corpus,
+                                     block_tokens=cfg.prefix_block_tokens, chat=chat)
+        backend = OpenAIBackend(target.url or "", model=model, preset=preset,
                                 endpoint=target.endpoint, stream=target.stream,
                                 api_key=target.api_key, extra_body=target.extra_body,
                                 headers=target.headers)
@@ -225,39 +252,54 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         config["slo"] = slos.to_text()
         run.start_manifest(config=config, workload=workload, workload_source=cfg.workload_source,
                            target={"url": backend.base_url, "model": model, "api": backend.name,
-                                   "engine": target.engine, "stream": target.stream},
+                                   "engine": preset.name, "engine_requested": target.engine,
+                                   "stream": target.stream},
                            secrets=secrets)
-        server = identify_server(backend.base_url, request_headers(
-            target.url or "", target.api_key, target.headers))  # never fails; short timeouts
         run.update_manifest(server=redact(server, secrets))
         register_safely(run.path, catalog=cfg.catalog, pid=os.getpid())  # status: running
-        journal = Journal(run.journal_path)
         clock = RunClock()
-        runner = Runner(workload, backend, cfg.plan, journal=journal, clock=clock,
-                        timeouts=cfg.timeouts, synthesizer=synth,
-                        images=ImagePrompter(cfg.vision_encoder, nonce=run.run_id),
-                        on_progress=on_progress)
+        runner: Runner | ShardedRunner
+        if n_workers > 1:  # one process per shard, one shared start instant
+            runner = ShardedRunner.create(
+                workload, n_workers, backend=backend, plan=cfg.plan, clock=clock,
+                journal_paths=[run.worker_journal_path(k) for k in range(n_workers)],
+                timeouts=cfg.timeouts, synthesizer=synth, vision_encoder=cfg.vision_encoder,
+                nonce=run.run_id, on_progress=on_progress)
+        else:
+            runner = Runner(workload, backend, cfg.plan, journal=Journal(run.journal_path),
+                            clock=clock, timeouts=cfg.timeouts, synthesizer=synth,
+                            images=ImagePrompter(cfg.vision_encoder, nonce=run.run_id),
+                            on_progress=on_progress)
         if on_start:
             on_start(run, runner)
         scraper = None
-        if cfg.scrape_interval_s > 0:  # a thread of its own: never on the client's event loop
-            from slobench.client.server_metrics import MetricsScraper
+        if cfg.scrape_interval_s > 0 and preset.metrics_path:  # a thread of its own: never
+            from slobench.client.server_metrics import MetricsScraper  # on the client's loop
 
-            scraper = MetricsScraper(backend.base_url, run.path, clock,
-                                     interval_s=cfg.scrape_interval_s, engine=server.get("engine"),
-                                     headers=request_headers(target.url or "", target.api_key,
-                                                             target.headers)).start()
+            scraper = MetricsScraper(base_url, run.path, clock, interval_s=cfg.scrape_interval_s,
+                                     engine=server.get("engine") or preset.engine, headers=auth,
+                                     path=preset.metrics_path).start()
         try:
-            outcome = loop.run_until_complete(runner.run())
+            outcome = (runner.run() if isinstance(runner, ShardedRunner)
+                       else loop.run_until_complete(runner.run()))
         finally:
-            scrape_info = scraper.stop() if scraper else None
+            scrape_info = scraper.stop() if scraper else (
+                None if cfg.scrape_interval_s <= 0 else
+                {"note": f"{preset.engine} has no Prometheus endpoint slobench can read"})
     finally:
         loop.close()
 
     records, torn = run.finalize_records()
     window = measurement_window(cfg.plan, outcome, records)
-    health = assess(records, outcome.cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
-                    cpu_threshold=cfg.cpu_threshold)
+    cpu_samples: list[float] | dict[str, list[float]] = outcome.cpu_samples
+    sharding: dict[str, Any] = {}
+    if isinstance(runner, ShardedRunner):
+        cpu_samples = runner.cpu_samples_by_worker()
+        runner.merge_prompt_stats(synth.stats)
+        sharding = {"workers": runner.describe()}
+    health = assess(records, cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
+                    cpu_threshold=cfg.cpu_threshold,
+                    failed_workers=sharding["workers"]["failed"] if sharding else None)
     summary = summarize(records, slos, window=tuple(window))
     from slobench.client.server_metrics import finalize as finalize_metrics
     from slobench.client.server_metrics import run_summary as server_summary
@@ -270,7 +312,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         status="interrupted" if outcome.interrupted else "complete",
         server_metrics=server_metrics,
         window=window,
-        cpu_samples=outcome.cpu_samples,
+        cpu_samples=cpu_samples,
         client_health=health,
         token_counting=token_counting(records),
         requests_sent=outcome.sent,
@@ -280,6 +322,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
                  **synth.stats.as_dict(), "images_dropped": runner.images_dropped},
         length_fidelity=length_fidelity(workload, records),
+        **sharding,
     )
     register_safely(run.path, catalog=cfg.catalog, pid=os.getpid(),
                     doc={"summary": summary, "client_health": health})
@@ -313,7 +356,8 @@ def analyze(path: Path, *, slo: str | None = None, warmup_s: float | None = None
     else:
         health = assess(records, manifest.get("cpu_samples"),
                         lag_threshold_s=thresholds.get("send_lag_p99_s", DEFAULT_LAG_THRESHOLD_S),
-                        cpu_threshold=thresholds.get("cpu", DEFAULT_CPU_THRESHOLD))
+                        cpu_threshold=thresholds.get("cpu", DEFAULT_CPU_THRESHOLD),
+                        failed_workers=(manifest.get("workers") or {}).get("failed"))
     summary = summarize(records, slos, window=tuple(window))
     return Analysis(run, manifest, summary, health, source, torn, slos)
 

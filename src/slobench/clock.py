@@ -21,6 +21,13 @@ class RunClock:
         self.start_ns = time.perf_counter_ns()
         self.wall_start = time.time()
 
+    def start_at(self, start_ns: int) -> None:
+        """Put the origin at a given ``perf_counter_ns`` instant, possibly in the future (times
+        before it are negative). Sharded workers all take the parent's one start instant:
+        ``perf_counter_ns`` is CLOCK_MONOTONIC on Linux, common to every process on a machine."""
+        self.start_ns = start_ns
+        self.wall_start = time.time() + (start_ns - time.perf_counter_ns()) / NS_PER_S
+
     def now(self) -> float:
         return (time.perf_counter_ns() - self.start_ns) / NS_PER_S
 

@@ -79,6 +79,12 @@ RECORDS_SCHEMA = pa.schema(
         # cached_tokens: prompt tokens the server took from its prefix cache, from its
         #   usage.prompt_tokens_details.cached_tokens; null when it does not say (older runs too).
         pa.field("cached_tokens", pa.int64()),
+        # worker: the client worker process that sent the request (0..N-1) in a run sharded
+        #   with --workers N; null for a run in one process (and for older runs).
+        pa.field("worker", pa.int32()),
+        # retries: times the request was sent again because a pooled keep-alive connection was
+        #   closed by the server before any response (client.backends.openai); 0 in older runs.
+        pa.field("retries", pa.int32(), nullable=False),
     ]
 )
 
@@ -95,6 +101,8 @@ RECORD_DEFAULTS: dict[str, object] = {
     "queue_s": 0.0,
     "token_count_source": "none",
     "cached_tokens": None,
+    "worker": None,
+    "retries": 0,
 }
 
 WORKLOAD_DEFAULTS: dict[str, object] = {

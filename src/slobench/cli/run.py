@@ -93,8 +93,9 @@ def run(
                               "the server lists). Without --target: the emulated model "
                               "(default llama-3.1-8b).",
         rich_help_panel="Target"),
-    engine: str = typer.Option("generic", "--engine", "-e", help="Request fields preset: vllm, "
-                               "sglang, tgi, llamacpp, openai, generic.",
+    engine: str = typer.Option("auto", "--engine", "-e", help="Engine preset: auto "
+                               "(detected from the server), vllm, sglang, tgi, trtllm, llamacpp, "
+                               "emulator, openai, generic. See docs/engines.md.",
         rich_help_panel="Target"),
     endpoint: str = typer.Option("chat", "--endpoint", help="chat or completions.",
         rich_help_panel="Target"),
@@ -167,6 +168,11 @@ def run(
         rich_help_panel="Load"),
     cooldown: str = typer.Option("0s", "--cooldown", help="Excluded from the summary at the "
                                  "end.",
+        rich_help_panel="Load"),
+    workers: int = typer.Option(None, "--workers", help="Client worker processes, each "
+                                "driving a share of the sessions (docs/running.md#sharding). "
+                                "Default: one per usable core, less one when the target "
+                                "runs on this machine.", min=1,
         rich_help_panel="Load"),
     timeout: str = typer.Option("600s", "--timeout", help="Per-request time limit.",
         rich_help_panel="Load"),
@@ -279,7 +285,8 @@ def run(
                           vision_encoder=vision_encoder,
                           catalog=catalog_choice(catalog, no_catalog),
                           scrape_interval_s=parse_duration(scrape_interval,
-                                                           "--scrape-interval") or 0.0)
+                                                           "--scrape-interval") or 0.0,
+                          workers=workers)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from slobench.schema import session_links
 
 SPIN_S = 0.0015  # uvloop timers have millisecond resolution: sleep to within this, then poll
 PREPARE_AHEAD = 256  # payloads built ahead of the schedule, in slack time
+BIG_PROMPT_TOKENS = 8192  # prompts from this long are re-tokenized off the event loop
 HEALTH_INTERVAL_S = 0.5
 
 
@@ -78,8 +79,14 @@ class Runner:
                  journal: Journal, clock: RunClock | None = None,
                  timeouts: Timeouts = Timeouts(),
                  synthesizer: PromptSynthesizer, images: ImagePrompter | None = None,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None,
+                 worker: int | None = None, user_starts: list[float] | None = None) -> None:
+        """``worker``: this Runner's shard index in a sharded run (written to every record);
+        ``user_starts``: closed loop / ramp, when each of this Runner's users starts (default:
+        the plan's users all at 0, or its ramp), for a shard holding a share of the users."""
         self.backend = backend
+        self.worker = worker
+        self._user_starts = user_starts
         self.plan = plan.validate()
         self.journal = journal
         self.clock = clock or RunClock()
@@ -137,14 +144,60 @@ class Runner:
         self.progress = Progress(total=total)
         self._session: aiohttp.ClientSession | None = None
         self._sem = (asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None)
+        self.cpu_samples: list[float] = []  # filled while running (see _monitor)
+
+    @property
+    def sent(self) -> int:
+        """Requests sent so far (started, whatever their outcome)."""
+        return self._sent
 
     # -- payloads ----------------------------------------------------------------------------
+
+    # rows whose big prompt is being re-tokenized on a thread (see _check_on_thread)
+    _big_checks: dict[int, asyncio.Future[str]] | None = None
 
     def _payload(self, i: int, suffix: str = "") -> bytes:
         payload = None if suffix else self._payloads.pop(i, None)
         if payload is None:  # no slack to build it ahead: skip the re-tokenizing check
+            if self._big_checks and not suffix:
+                self._big_checks.pop(i, None)  # a check still running is not waited for
             payload = self._build(i, check=False, suffix=suffix)
         return payload
+
+    def _is_big(self, i: int) -> bool:
+        """A standalone row whose synthesized text prompt is long enough that re-tokenizing it
+        would stall the streams being read (0.5 s for 120k tokens with a HF tokenizer)."""
+        return (self._inputs[i] >= BIG_PROMPT_TOKENS and self._prompts[i] is None
+                and self._next_turn[i] < 0
+                and self._image_offsets[i + 1] == self._image_offsets[i])
+
+    def _check_on_thread(self, i: int) -> None:
+        """Build row ``i``'s text on the loop (a slice of the corpus: milliseconds), re-tokenize
+        it on a thread (HF tokenizers release the GIL), and store the payload once checked."""
+        checks = self._big_checks
+        if checks is None:
+            checks = self._big_checks = {}
+        if i in checks:
+            return
+        a, b = self._block_offsets[i], self._block_offsets[i + 1]
+        blocks = self._block_values[a:b].tolist() if b > a else ()
+        synth, rid, n = self.synthesizer, self._ids[i], int(self._inputs[i])
+        text = synth.text(rid, n, blocks)
+        future = asyncio.get_running_loop().run_in_executor(None, synth.fit, rid, text, n)
+        checks[i] = future
+
+        def checked(done: asyncio.Future[str]) -> None:
+            if checks.get(i) is not done:  # sent meanwhile, unchecked
+                if not done.cancelled():
+                    done.exception()  # retrieved: nothing to log
+                return
+            del checks[i]
+            if done.cancelled() or done.exception() is not None:
+                return  # _payload builds it at send time
+            self._payloads[i] = self.backend.prepare(done.result(),
+                                                     max(int(self._outputs[i]), 1))
+
+        future.add_done_callback(checked)
 
     def _image_tokens(self, i: int) -> list[int]:
         a, b = self._image_offsets[i], self._image_offsets[i + 1]
@@ -227,7 +280,10 @@ class Runner:
         j = max(self._prepared_upto, i)
         while j < min(i + PREPARE_AHEAD, self._n) and time.perf_counter() < deadline:
             if j not in self._payloads and not self._has_prev[j]:  # follow-ups need history
-                self._payloads[j] = self._build(j)
+                if self._is_big(j):
+                    self._check_on_thread(j)
+                else:
+                    self._payloads[j] = self._build(j)
             j += 1
         self._prepared_upto = j
 
@@ -302,6 +358,8 @@ class Runner:
             if res.status != "ok":
                 progress.errors += 1
             row = res.to_row()
+            if self.worker is not None:
+                row["worker"] = self.worker
             self.journal.append(row)
             if self.on_progress is not None:  # only a live display consumes them
                 progress.finished.append(row)
@@ -421,7 +479,9 @@ class Runner:
                 await self._sleep_until(self.clock.now() + think)
 
     async def _closed_loop(self) -> None:
-        if self.plan.mode == "ramp":
+        if self._user_starts is not None:
+            starts = list(self._user_starts)
+        elif self.plan.mode == "ramp":
             starts = self.plan.ramp_start_times()
         else:
             starts = [0.0] * self.plan.users
@@ -456,20 +516,31 @@ class Runner:
 
     # -- interruption ------------------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """Stop as on a first Ctrl-C: no more sends, requests in flight cancelled (and
+        journaled as such). Idempotent; called on the loop (a sharded worker's parent asks)."""
+        if self._interrupted:
+            return
+        self._interrupted = True
+        self._stop.set()
+        for t in list(self._tasks):
+            t.cancel()
+
     def _on_signal(self) -> None:
         self._sigints += 1
         if self._sigints == 1:
-            self._interrupted = True
-            self._stop.set()
-            for t in list(self._tasks):
-                t.cancel()
+            self.interrupt()
         else:  # second Ctrl-C: leave now; the journal keeps what finished
             self.journal.flush()
             os._exit(130)
 
     # -- run ---------------------------------------------------------------------------------
 
-    async def run(self, drain_timeout_s: float | None = None) -> RunOutcome:
+    async def run(self, drain_timeout_s: float | None = None, *,
+                  start_gate: Callable[[], Awaitable[int | None]] | None = None) -> RunOutcome:
+        """Drive the whole plan. ``start_gate`` (a sharded worker): awaited once everything is
+        ready to send; it returns the shared start instant (``perf_counter_ns``, a little in the
+        future) the run clock takes as its origin, or None to stop before sending anything."""
         loop = asyncio.get_running_loop()
         installed = []
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -480,7 +551,7 @@ class Runner:
                 pass
         raise_open_file_limit()
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=False)
-        samples: list[float] = []
+        samples = self.cpu_samples
         await self._calibrate_poll()
         self.journal.start()
         monitor = loop.create_task(self._monitor(samples))
@@ -490,7 +561,15 @@ class Runner:
                                              auto_decompress=False) as session:
                 self._session = session
                 self._prepare_ahead(0, 0.5)
-                self.clock.restart()
+                if start_gate is None:
+                    self.clock.restart()
+                else:
+                    start_ns = await start_gate()
+                    if start_ns is None:
+                        self.interrupt()
+                    else:
+                        self.clock.start_at(start_ns)
+                        await self._sleep_until(0.0)
                 if self.plan.mode == "open":
                     await self._open_loop()
                 else:

@@ -414,6 +414,8 @@ def _records(
             np.where(ok, "usage_deltas", "none").tolist(), pa.string()
         ),
         "cached_tokens": pa.nulls(n, pa.int64()),
+        "worker": pa.nulls(n, pa.int32()),  # no client processes in virtual time
+        "retries": pa.array(np.zeros(n, np.int32), pa.int32()),
     }
     arrays = [
         columns[f.name].combine_chunks() if isinstance(columns[f.name], pa.ChunkedArray)

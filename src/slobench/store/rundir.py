@@ -17,17 +17,20 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from slobench import __version__
 from slobench.client.backends.openai import strip_credentials
 from slobench.client.journal import read_journal
 from slobench.errors import UserError
-from slobench.schema import conform_records, read_parquet, write_table
+from slobench.schema import RECORDS_SCHEMA, conform_records, read_parquet, write_table
 
 MANIFEST = "manifest.json"
 WORKLOAD = "workload.parquet"
 RECORDS = "records.parquet"
 JOURNAL = "records.journal.jsonl"
+WORKER_JOURNAL = "records.journal.w{}.jsonl"  # one per client worker of a sharded run
+_WORKER_JOURNAL = re.compile(r"^records\.journal\.w(\d+)\.jsonl$")
 SUMMARY = "summary.json"
 
 # Keys whose values are secrets. Only whole secret-like names: "kv_capacity_tokens" or
@@ -130,7 +133,7 @@ class RunDir:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"{path}: no such run directory; give a path like runs/<run_id>")
-        if not (path / MANIFEST).exists() and not (path / JOURNAL).exists():
+        if not (path / MANIFEST).exists() and not cls(path).journal_paths():
             raise UserError(f"{path}: not a slobench run (no {MANIFEST} or {JOURNAL} inside)")
         return cls(path)
 
@@ -141,6 +144,33 @@ class RunDir:
     @property
     def journal_path(self) -> Path:
         return self.path / JOURNAL
+
+    def worker_journal_path(self, worker: int) -> Path:
+        """The journal of client worker ``worker`` of a sharded run (--workers N)."""
+        return self.path / WORKER_JOURNAL.format(worker)
+
+    def journal_paths(self) -> list[Path]:
+        """Every record journal of the run: the main one (one-process run) and the workers'
+        (sharded run), workers in index order; only those that exist."""
+        workers = sorted((int(m.group(1)), p) for p in self.path.glob("records.journal.w*.jsonl")
+                         if (m := _WORKER_JOURNAL.match(p.name)))
+        main = [self.journal_path] if self.journal_path.exists() else []
+        return main + [p for _, p in workers]
+
+    def read_journals(self) -> tuple[pa.Table, int]:
+        """All journals merged into one Records table (a sharded run's ordered by scheduled
+        time) and the number of torn lines skipped in all of them."""
+        tables, torn = [], 0
+        for path in self.journal_paths():
+            table, bad = read_journal(path)
+            tables.append(table)
+            torn += bad
+        if not tables:
+            return RECORDS_SCHEMA.empty_table(), 0
+        if len(tables) == 1:
+            return tables[0], torn
+        merged = pa.concat_tables(tables)
+        return merged.take(pc.sort_indices(merged, [("scheduled_s", "ascending")])), torn
 
     # -- files -------------------------------------------------------------------------------
 
@@ -196,8 +226,9 @@ class RunDir:
         write_table(table, self.path / WORKLOAD)
 
     def finalize_records(self) -> tuple[pa.Table, int]:
-        """Journal -> records.parquet. Returns the table and the number of torn journal lines."""
-        table, torn = read_journal(self.journal_path)
+        """Journal(s) -> records.parquet. Returns the table and the number of torn journal
+        lines."""
+        table, torn = self.read_journals()
         write_table(table, self.path / RECORDS)
         return table, torn
 
@@ -206,8 +237,10 @@ class RunDir:
         parquet = self.path / RECORDS
         if parquet.exists():
             return conform_records(read_parquet(parquet, "Records"), str(parquet)), RECORDS, 0
-        if self.journal_path.exists():
-            table, torn = read_journal(self.journal_path)
-            return table, JOURNAL, torn
+        paths = self.journal_paths()
+        if paths:
+            table, torn = self.read_journals()
+            source = JOURNAL if paths == [self.journal_path] else ", ".join(p.name for p in paths)
+            return table, source, torn
         raise UserError(f"{self.path}: the run has no records yet ({RECORDS} and {JOURNAL} are "
                         "both missing)")
