@@ -21,6 +21,7 @@ class RequestResult:
         "queue_s",
         "reasoning_tokens",
         "request_id",
+        "retries",
         "scheduled_s",
         "sent_s",
         "status",
@@ -48,6 +49,8 @@ class RequestResult:
         self.queue_s = 0.0
         self.token_count_source = "none"
         self.cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
+        # times sent again after a pooled keep-alive connection closed before any response
+        self.retries = 0
         # the answer's text pieces, kept only when a session's next turn needs the history
         self.answer: list[str] | None = None
 
@@ -78,4 +81,5 @@ class RequestResult:
             "queue_s": self.queue_s,
             "token_count_source": self.token_count_source,
             "cached_tokens": self.cached_tokens,
+            "retries": self.retries,
         }

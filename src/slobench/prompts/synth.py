@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from slobench.errors import UserError
-from slobench.prompts.tokenizer import Tokenizer
+from slobench.prompts.tokenizer import BuiltinTokenizer, HFTokenizer, Tokenizer
 
 SALT_WORDS = 4  # ~1000 one-token words each: 10^12 combinations, no accidental shared start
 BLOCK_CACHE = 4096
@@ -251,8 +252,29 @@ class PromptSynthesizer:
               tries: int = 4) -> str:
         """:meth:`text`, re-tokenized and topped up or trimmed at the end until the count is
         exact (the prefix blocks are never touched). Counts go to ``stats``."""
-        return self._fit(request_id, self.text(request_id, n_tokens, prefix_blocks),
-                         max(int(n_tokens), 1), self.count, tries)
+        return self.fit(request_id, self.text(request_id, n_tokens, prefix_blocks), n_tokens,
+                        tries)
+
+    def fit(self, request_id: str, text: str, n_tokens: int, tries: int = 4) -> str:
+        """The re-tokenizing half of :meth:`exact` for a ``text`` from :meth:`text`. Safe to run
+        on a worker thread while the event loop goes on (the client does so for big prompts):
+        it touches only the tokenizer and the ``stats`` counters."""
+        count = self.count
+        tok = self.tokenizer
+        if isinstance(tok, BuiltinTokenizer) and len(text) > _SLICE_CHARS:
+            count = _sliced_count  # one long regex scan would hold the GIL throughout
+        elif isinstance(tok, HFTokenizer):
+            count = self._count_releasing_gil
+        return self._fit(request_id, text, max(int(n_tokens), 1), count, tries)
+
+    def _count_releasing_gil(self, text: str) -> int:
+        """:meth:`count` for a HF tokenizer through its batch call, which (unlike ``encode``)
+        lets other threads run while it tokenizes."""
+        tok: HFTokenizer = self.tokenizer  # type: ignore[assignment]
+        if self.chat:
+            return tok.count_batch([tok.render_chat([{"role": "user", "content": text}])],
+                                   special=False)[0]
+        return tok.count_batch([text], special=True)[0]
 
     def follow_up(self, request_id: str, n_tokens: int,
                   history: list[dict[str, str]] | str) -> list[dict[str, str]] | str:
@@ -305,6 +327,24 @@ class PromptSynthesizer:
         self.stats.missed += 1
         self.stats.max_abs_error = max(self.stats.max_abs_error, abs(got - want), first_error)
         return text
+
+
+_SLICE_CHARS = 1 << 15
+_BUILTIN = BuiltinTokenizer()
+
+
+def _sliced_count(text: str) -> int:
+    """The built-in tokenizer's count of ``text`` (as a completions prompt or a single chat
+    message: the same), in slices cut at spaces, which no token spans, letting other threads
+    (the event loop) run between slices."""
+    total, start, n = 0, 0, len(text)
+    while start < n:
+        cut = text.find(" ", start + _SLICE_CHARS)
+        end = n if cut < 0 else cut
+        total += _BUILTIN.count(text[start:end])
+        start = end
+        time.sleep(0)  # hand the GIL over
+    return total
 
 
 def _text_only(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
