@@ -15,6 +15,11 @@ Run by hand::
     python -m slobench.engine.scripted --port 8000 --script '{"ttft_s": 0.2, "tpot_s": 0.02}'
 
 It prints one line ``LISTENING http://127.0.0.1:PORT`` once serving and runs until SIGTERM/SIGINT.
+
+Truth log (``--truth`` / ``--truth-log PATH``, opt-in): for every completion request the server
+records its receipt time, each chunk's due time, the time the chunk's write returned, and the tokens
+it carried, so a benchmark knows what the server actually emitted (and how late it ran). Served by
+``GET /truth``; with a path, also written as JSON lines at shutdown. See docs/scripted-server.md.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -40,6 +46,7 @@ __all__ = [
     "FaultKind",
     "Script",
     "ScriptedServerProcess",
+    "TruthRecord",
     "main",
     "make_app",
     "start_in_loop",
@@ -154,12 +161,45 @@ async def _sleep_until(deadline: float) -> None:
 # the server
 
 
+class TruthRecord:
+    """What the server actually emitted for one completion request (truth-log mode).
+
+    Times are the server's ``time.perf_counter()``: ``t0`` at receipt; per chunk, ``due`` (when
+    the script wanted it), ``sent`` (when ``write`` returned: the bytes were handed to the kernel)
+    and ``tokens`` (0 for the empty final chunk of a zero-token answer); ``done`` after the end of
+    the response. Appending to plain lists keeps the cost per chunk to well under a microsecond.
+    """
+
+    __slots__ = ("done", "due", "id", "sent", "status", "stream", "t0", "tokens")
+
+    def __init__(self, idx: int, t0: float, stream: bool) -> None:
+        self.id = idx
+        self.t0 = t0
+        self.stream = stream
+        self.status = "ok"
+        self.due: list[float] = []
+        self.sent: list[float] = []
+        self.tokens: list[int] = []
+        self.done: float | None = None
+
+    def chunk(self, due: float, tokens: int) -> None:
+        self.sent.append(time.perf_counter())
+        self.due.append(due)
+        self.tokens.append(tokens)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "t0": self.t0, "stream": self.stream, "status": self.status,
+                "due": self.due, "sent": self.sent, "tokens": self.tokens, "done": self.done}
+
+
 class _State:
     """Server-wide state: the default script, the model name and the request statistics."""
 
-    def __init__(self, script: Script, model: str) -> None:
+    def __init__(self, script: Script, model: str, truth: bool = False) -> None:
         self.script = script
         self.model = model
+        # truth-log mode: one record per completion request, kept until fetched with clear=1
+        self.truth: list[TruthRecord] | None = [] if truth else None
         self.reset()
 
     def reset(self) -> None:
@@ -193,11 +233,13 @@ class _Plan:
         "script",
         "stream",
         "t0",
+        "truth",
     )
 
     def __init__(
         self, *, chat: bool, body: dict[str, Any], script: Script, model: str, t0: float, idx: int
     ) -> None:
+        self.truth: TruthRecord | None = None
         self.chat = chat
         self.script = script
         self.model = model
@@ -363,17 +405,22 @@ async def _stream(request: web.Request, plan: _Plan) -> web.StreamResponse:
         await resp.write(_MALFORMED)  # malformed: send garbage, then carry on
         return False
 
+    truth = plan.truth
     if not segments:  # zero output tokens: one empty final chunk at the first-token time
         if fault_at is not None and await fire(0):
             return resp
-        await _sleep_until(plan.due(0, shift))
+        await _sleep_until(due := plan.due(0, shift))
         await resp.write(plan.chunk(0, 0, last=True))
+        if truth is not None:
+            truth.chunk(due, 0)
     last_index = len(segments) - 1
     for j, (start, end) in enumerate(segments):
         if fault_at is not None and not fired and start == fault_at and await fire(start):
             return resp
-        await _sleep_until(plan.due(end - 1, shift))
+        await _sleep_until(due := plan.due(end - 1, shift))
         await resp.write(plan.chunk(start, end, last=j == last_index))
+        if truth is not None:
+            truth.chunk(due, end - start)
     if fault_at is not None and not fired:  # fault point at or after the last token
         if fault == "stall":
             await asyncio.sleep(script.stall_s)
@@ -391,6 +438,8 @@ async def _stream(request: web.Request, plan: _Plan) -> web.StreamResponse:
         await resp.write(plan.usage_chunk())
     await resp.write(_DONE)
     await resp.write_eof()
+    if truth is not None:
+        truth.done = time.perf_counter()
     return resp
 
 
@@ -406,6 +455,9 @@ async def _respond_whole(request: web.Request, plan: _Plan) -> web.StreamRespons
     if fault == "malformed":
         return web.Response(status=200, body=b"{not json", content_type="application/json")
     body = plan.full_response()
+    if plan.truth is not None and fault is None:  # handed to aiohttp at once, after this return
+        plan.truth.chunk(deadline, plan.n)
+        plan.truth.done = plan.truth.sent[-1]
     if fault == "truncate":
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.content_length = len(body)
@@ -445,6 +497,11 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
             return _error_response(400, f"invalid {SCRIPT_FIELD}: {errors}")
 
     plan = _Plan(chat=chat, body=body, script=script, model=state.model, t0=t0, idx=idx)
+    if state.truth is not None:
+        plan.truth = TruthRecord(idx, t0, plan.stream)
+        if plan.fault:
+            plan.truth.status = plan.fault
+        state.truth.append(plan.truth)
     state.active += 1
     state.max_active = max(state.max_active, state.active)
     try:
@@ -466,9 +523,13 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
             return await _stream(request, plan)
         return await _respond_whole(request, plan)
     except ConnectionError:  # the client went away mid-response
+        if plan.truth is not None:
+            plan.truth.status = "client_gone"
         return web.Response(status=499)
     finally:
         state.active -= 1
+        if plan.truth is not None and plan.truth.done is None:  # faults, cancellation
+            plan.truth.done = time.perf_counter()
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
@@ -528,23 +589,59 @@ async def _apply_template(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"prompt": prompt}), content_type="application/json")
 
 
+async def _truth(request: web.Request) -> web.Response:
+    """The truth log: ``{"clock", "requests": [...]}``; ``?clear=1`` also drops the returned
+    requests that are finished (those still in flight stay, to be returned again complete)."""
+    state = request.app[_STATE]
+    if state.truth is None:
+        return _error_response(404, "truth log is off: start the server with --truth")
+    records = state.truth
+    if request.query.get("clear", "") not in ("", "0", "false"):
+        state.truth = [r for r in records if r.done is None]
+    body = {"clock": "perf_counter", "requests": [r.as_dict() for r in records]}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _truth_writer(path: Path) -> Any:
+    """An on_cleanup hook writing the truth log to ``path`` as JSON lines, one per request."""
+
+    async def write(app: web.Application) -> None:
+        records = app[_STATE].truth or []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            for r in records:
+                f.write(orjson.dumps(r.as_dict()) + b"\n")
+
+    return write
+
+
 async def _stats_reset(request: web.Request) -> web.Response:
     request.app[_STATE].reset()
     return web.Response(body=b'{"ok":true}', content_type="application/json")
 
 
 def make_app(
-    script: Script | dict[str, Any] | None = None, model: str = DEFAULT_MODEL
+    script: Script | dict[str, Any] | None = None,
+    model: str = DEFAULT_MODEL,
+    *,
+    truth: bool = False,
+    truth_log: str | Path | None = None,
 ) -> web.Application:
-    """The aiohttp application serving ``script`` as the default for every request."""
+    """The aiohttp application serving ``script`` as the default for every request.
+
+    ``truth`` turns the truth log on (``GET /truth``); ``truth_log`` (implies ``truth``) also
+    writes it to that file as JSON lines when the application is cleaned up."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[_STATE] = _State(_as_script(script), model)
+    app[_STATE] = _State(_as_script(script), model, truth=truth or truth_log is not None)
+    if truth_log is not None:
+        app.on_cleanup.append(_truth_writer(Path(truth_log)))
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_post("/v1/completions", _completions)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     app.router.add_post("/stats/reset", _stats_reset)
+    app.router.add_get("/truth", _truth)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_post("/apply-template", _apply_template)
     return app
@@ -555,13 +652,17 @@ async def start_in_loop(
     host: str = "127.0.0.1",
     port: int = 0,
     model: str = DEFAULT_MODEL,
+    *,
+    truth: bool = False,
+    truth_log: str | Path | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start the server in the running event loop; returns (runner, base_url).
 
-    Stop it with ``await runner.cleanup()``.
+    Stop it with ``await runner.cleanup()`` (which writes ``truth_log`` when given).
     """
     runner = web.AppRunner(
-        make_app(script, model), access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        make_app(script, model, truth=truth, truth_log=truth_log), access_log=None,
+        handler_cancellation=True, shutdown_timeout=0.5,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
@@ -576,9 +677,11 @@ async def start_in_loop(
 
 
 async def _serve(script: Script, host: str, port: int, model: str,
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None, *, truth: bool = False,
+                 truth_log: str | None = None) -> None:
     async def start() -> tuple[str, Any]:
-        runner, base_url = await start_in_loop(script, host, port, model)
+        runner, base_url = await start_in_loop(script, host, port, model, truth=truth,
+                                               truth_log=truth_log)
         return base_url, runner.cleanup
 
     await serve_until_stopped(start, parent_pid)
@@ -602,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="exit when this process (the one that started us) is gone")
+    parser.add_argument("--truth", action="store_true",
+                        help="log what was emitted per request and chunk; served at GET /truth")
+    parser.add_argument("--truth-log", metavar="PATH", default=None,
+                        help="also write the truth log to PATH (JSON lines) at shutdown")
     args = parser.parse_args(argv)
     try:
         raw = json.loads(args.script)
@@ -611,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ValidationError) as exc:
         print(f"error: invalid --script: {exc}", file=sys.stderr)
         return 2
-    coro = _serve(script, args.host, args.port, args.model, args.parent_pid)
+    coro = _serve(script, args.host, args.port, args.model, args.parent_pid,
+                  truth=args.truth, truth_log=args.truth_log)
     try:
         run_event_loop(coro)
     except OSError as exc:
@@ -643,17 +751,30 @@ class ScriptedServerProcess(ServerProcess):
         host: str = "127.0.0.1",
         port: int = 0,
         startup_timeout_s: float = 20.0,
+        truth: bool = False,
+        truth_log: str | Path | None = None,
     ) -> None:
         self.script = _as_script(script)
         self.model = model
         self.host = host
         self.port = port
+        extra = ["--truth"] if truth else []
+        if truth_log is not None:
+            extra += ["--truth-log", str(truth_log)]
         super().__init__(
             "slobench.engine.scripted",
             ["--host", host, "--port", str(port),
-             "--script", self.script.model_dump_json(exclude_defaults=True), "--model", model],
+             "--script", self.script.model_dump_json(exclude_defaults=True), "--model", model,
+             *extra],
             startup_timeout_s=startup_timeout_s,
         )
+
+    def truth(self, clear: bool = False) -> list[dict[str, Any]]:
+        """The server's truth log (``GET /truth``): one dict per completion request, see
+        :class:`TruthRecord`. ``clear`` drops the finished ones from the server."""
+        url = self.base_url + "/truth" + ("?clear=1" if clear else "")
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return orjson.loads(resp.read())["requests"]
 
     def stats(self) -> dict[str, Any]:
         """The server's /stats (request count, receipt times, max_tokens)."""
