@@ -323,7 +323,8 @@ def _wait_for_journal(root: Path, n: int, timeout: float = 60) -> Path:
 
 def test_killed_run_shows_running_until_report_or_scan(catalog_url, tmp_path):
     env = {catmod.ENV: catalog_url}
-    proc = subprocess.Popen([*SLOBENCH, "run", "-d", "60s", "-r", "10", "--output-tokens", "4",
+    proc = subprocess.Popen([*SLOBENCH, "run", "--workers", "1", "-d", "60s", "-r", "10",
+                             "--output-tokens", "4",
                              "--out", "runs", "-q"], cwd=tmp_path, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env}, start_new_session=True)

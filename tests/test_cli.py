@@ -74,7 +74,9 @@ def test_unwritable_output_dir(tmp_path, scripted_server):
 
 
 def test_main_job_then_report(tmp_path):
-    proc = slobench("run", "-d", "3s", "-r", "4", "--out", "runs", cwd=tmp_path)
+    # one worker: the single journal below (more cores would shard the client by default)
+    proc = slobench("run", "-d", "3s", "-r", "4", "--out", "runs", "--workers", "1",
+                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run = only_run(tmp_path / "runs")
     for name in ("manifest.json", "workload.parquet", "records.parquet", "summary.json",
@@ -128,7 +130,8 @@ def test_secrets_never_reach_disk(tmp_path, scripted_server):
 
 
 def _start_run(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*SLOBENCH, "run", "--out", "runs", *args], cwd=tmp_path,
+    return subprocess.Popen([*SLOBENCH, "run", "--out", "runs", "--workers", "1", *args],
+                            cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, stdin=subprocess.DEVNULL)
 

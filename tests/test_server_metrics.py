@@ -450,9 +450,9 @@ def test_server_without_metrics_is_only_noted(tmp_path, scripted_server):
 def test_killed_run_keeps_what_was_scraped(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "slobench", "run", "--out", "runs", "-d",
                              "60s", "-r", "5", "--output-tokens", "8", "--scrape-interval",
-                             "0.1s", "--no-catalog"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            stdin=subprocess.DEVNULL)
+                             "0.1s", "--no-catalog", "--workers", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         journal = None

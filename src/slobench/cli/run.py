@@ -306,7 +306,7 @@ def run(
             planned = (f"{table.num_rows} requests planned" if plan.mode == "open" else
                        f"{plan.users if plan.mode == 'closed' else plan.ramp_max} users")
             err_console.print(f"[dim]Run {run_dir.run_id}: {planned}, mode {plan.mode}, "
-                              f"journal {run_dir.journal_path}[/dim]")
+                              f"journal {run_dir.path / 'records.journal*.jsonl'}[/dim]")
             if live:
                 display.append(stack.enter_context(LiveDisplay(
                     err_console, slos, total=runner.progress.total, duration_s=duration_s)))
