@@ -25,6 +25,7 @@ from slobench.client.backends.presets import AUTO, resolve_preset
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.probe import identify_server
+from slobench.client.ray_shards import RayCluster
 from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
 from slobench.client.shards import (
     ShardedRunner,
@@ -93,6 +94,9 @@ class BenchmarkConfig:
     # one; None: client.shards.default_workers (one per usable core, less one for a built-in
     # target)
     workers: int | None = 1
+    # run the workers as Ray actors on the cluster at this address (docs/running.md#ray); None:
+    # local processes
+    ray_address: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -105,6 +109,7 @@ class BenchmarkConfig:
             "cpu_threshold": self.cpu_threshold,
             "scrape_interval_s": self.scrape_interval_s,
             "workers": self.workers,
+            "ray": self.ray_address,
             "seed": self.seed,
             "workload_source": self.workload_source,
             "workload_options": self.workload_options,
@@ -199,14 +204,29 @@ def measurement_window(plan: LoadPlan, outcome: RunOutcome, records: pa.Table) -
     return [start, max(start, end - plan.cooldown_s)]
 
 
-def client_workers(cfg: BenchmarkConfig, workload: pa.Table) -> int:
-    """How many client worker processes drive the run: ``cfg.workers`` (None: the default),
-    never more than can each get a share of the workload and the plan."""
+def client_workers(cfg: BenchmarkConfig, workload: pa.Table,
+                   cluster: RayCluster | None = None) -> int:
+    """How many client worker processes (or Ray actors, on ``cluster``) drive the run:
+    ``cfg.workers`` (None: the default), never more than can each get a share of the workload
+    and the plan."""
     requested = cfg.workers
-    if requested is None:
+    if requested is None and cluster is not None:
+        requested = cluster.default_workers()
+    elif requested is None:
         local = cfg.builtin_engine is not None or is_loopback(cfg.target.url)
         requested = default_workers(local_target=local)
+    if cluster is not None:
+        cluster.check_workers(requested)
     return effective_workers(cfg.plan, requested, unit_count(workload))
+
+
+def join_ray(address: str) -> RayCluster:
+    """Connect to the Ray cluster of ``--ray``; an address nobody answers fails fast."""
+    from slobench.client.ray_shards import connect
+    from slobench.planning import _reachable
+
+    _reachable(address)
+    return connect(address)
 
 
 def token_counting(records: pa.Table) -> dict[str, int]:
@@ -221,7 +241,8 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     target = cfg.target
     chat = target.endpoint == "chat"
     resolve_encoder(cfg.vision_encoder)  # an unknown name fails before anything starts
-    n_workers = client_workers(cfg, workload)
+    cluster = join_ray(cfg.ray_address) if cfg.ray_address else None
+    n_workers = client_workers(cfg, workload, cluster)
     resolve_preset(target.engine, None)  # so does an unknown --engine
     from_server = cfg.tokenizer == "server"
     synth = None if from_server else make_synthesizer(
@@ -259,7 +280,20 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
         register_safely(run.path, catalog=cfg.catalog, pid=os.getpid())  # status: running
         clock = RunClock()
         runner: Runner | ShardedRunner
-        if n_workers > 1:  # one process per shard, one shared start instant
+        if cluster is not None:  # one Ray actor per shard, start synchronized on wall clocks
+            from slobench.client.ray_shards import RayShardedRunner
+
+            runner = RayShardedRunner.create(
+                workload, n_workers, backend=backend, plan=cfg.plan, clock=clock,
+                journal_paths=[run.worker_journal_path(k) for k in range(n_workers)],
+                timeouts=cfg.timeouts, synthesizer=synth, vision_encoder=cfg.vision_encoder,
+                nonce=run.run_id, on_progress=on_progress)
+            if cluster.nodes > 1 and is_loopback(backend.base_url):
+                runner.warnings.append(  # type: ignore[attr-defined]
+                    f"--target {backend.base_url} is a loopback address but the Ray cluster "
+                    f"has {cluster.nodes} nodes: workers on other nodes cannot reach it; give "
+                    "an address every node can reach")
+        elif n_workers > 1:  # one process per shard, one shared start instant
             runner = ShardedRunner.create(
                 workload, n_workers, backend=backend, plan=cfg.plan, clock=clock,
                 journal_paths=[run.worker_journal_path(k) for k in range(n_workers)],
@@ -288,6 +322,10 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
                 {"note": f"{preset.engine} has no Prometheus endpoint slobench can read"})
     finally:
         loop.close()
+        if cluster is not None:
+            from slobench.client.ray_shards import disconnect
+
+            disconnect()
 
     records, torn = run.finalize_records()
     window = measurement_window(cfg.plan, outcome, records)

@@ -174,6 +174,11 @@ def run(
                                 "Default: one per usable core, less one when the target "
                                 "runs on this machine.", min=1,
         rich_help_panel="Load"),
+    ray: str = typer.Option(None, "--ray", metavar="ADDRESS", help="Run the client workers as "
+                            "Ray actors on the cluster at ADDRESS (HOST:6379, ray://HOST:10001, "
+                            "auto; docs/running.md#ray-across-machines). --workers then "
+                            "defaults to the cluster's CPUs (at most 64).",
+        rich_help_panel="Load"),
     timeout: str = typer.Option("600s", "--timeout", help="Per-request time limit.",
         rich_help_panel="Load"),
     stall_timeout: str = typer.Option("60s", "--stall-timeout", help="Longest silence within a "
@@ -286,7 +291,11 @@ def run(
                           catalog=catalog_choice(catalog, no_catalog),
                           scrape_interval_s=parse_duration(scrape_interval,
                                                            "--scrape-interval") or 0.0,
-                          workers=workers)
+                          workers=workers, ray_address=ray)
+    if ray:  # an address nobody answers fails before a built-in target starts
+        from slobench.planning import _reachable
+
+        _reachable(ray)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:
@@ -327,6 +336,7 @@ def run(
     if not stream:
         notes.append("Not streaming: TTFT equals E2E and TPOT/ITL cannot be measured.")
     notes += fidelity_warnings(analysis.manifest.get("length_fidelity") or {})
+    notes += (analysis.manifest.get("workers") or {}).get("warnings") or []
     if emulator is not None and not emulator.get("keeping_real_time", True):
         notes.append(f"The emulator fell behind real time ({emulator['late_steps']} of "
                      f"{emulator['steps']} steps late, worst {emulator['lag_max_s'] * 1e3:.0f} "

@@ -344,10 +344,13 @@ class _Reporter:
             "cpu": samples, "rows": rows if self.want_rows else []}))
 
 
-def run_shard(spec: ShardSpec, channel: WorkerChannel) -> ShardResult:
-    """Drive one shard to the end (or until stopped); its records go to its own journal."""
+def run_shard(spec: ShardSpec, channel: WorkerChannel, journal: Journal | None = None
+              ) -> ShardResult:
+    """Drive one shard to the end (or until stopped); its records go to its own journal
+    (``spec.journal_path``, or ``journal``: a transport whose worker may not share the run
+    directory's filesystem streams them to its parent instead)."""
     workload = table_from_ipc(spec.workload)
-    journal = Journal(Path(spec.journal_path))
+    journal = journal if journal is not None else Journal(Path(spec.journal_path))
     loop = new_event_loop()
     try:
         reporter = _Reporter(channel, spec.want_rows)
@@ -449,6 +452,9 @@ class ProcessShard:
     def exited(self) -> bool:
         return self.process.exitcode is not None
 
+    def exit_note(self) -> str:
+        return describe_exit(self.process.exitcode)
+
     def signal(self, sig: int) -> None:
         if not self.exited() and self.process.pid:
             with contextlib.suppress(ProcessLookupError):
@@ -477,7 +483,11 @@ class _WorkerState:
 
 class ShardedRunner:
     """Parent of a sharded run. Looks like a :class:`Runner` to the CLI (``progress``,
-    ``images_dropped``), but :meth:`run` is synchronous and returns the combined outcome."""
+    ``images_dropped``), but :meth:`run` is synchronous and returns the combined outcome.
+    Other transports (``client.ray_shards``) override :meth:`_launch`, :meth:`_wait` and
+    :meth:`_send_start`."""
+
+    transport = "processes"
 
     def __init__(self, specs: Sequence[ShardSpec], *, clock: RunClock,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
@@ -532,13 +542,10 @@ class ShardedRunner:
     # -- running -------------------------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        ctx = shard_context()
-        shards = [ProcessShard(spec, ctx) for spec in self.specs]
+        shards: list[Any] = []
         with self._signals():
             try:
-                for shard in shards:
-                    shard.start()
-                    self.pids[shard.index] = shard.process.pid
+                self._launch(shards)
                 self._supervise(shards)
             except BaseException:
                 for shard in shards:
@@ -548,6 +555,26 @@ class ShardedRunner:
                 for shard in shards:
                     shard.close()
         return self._combine()
+
+    def _launch(self, shards: list[Any]) -> None:
+        """Start one worker per spec, appending each to ``shards`` as it starts."""
+        ctx = shard_context()
+        for spec in self.specs:
+            shard = ProcessShard(spec, ctx)
+            shard.start()
+            shards.append(shard)
+            self.pids[shard.index] = shard.process.pid
+
+    def _wait(self, live: list[Any]) -> None:
+        """Block until a live worker has something to say or exits, at most one tick."""
+        wait_any([w for s in live for w in s.waitables()], timeout=POLL_S)
+
+    def _send_start(self, shards: list[Any]) -> None:
+        """Give every worker the start instant (one monotonic clock on one machine)."""
+        start_ns = time.perf_counter_ns() + int(START_MARGIN_S * NS_PER_S)
+        self.clock.start_at(start_ns)
+        for shard in shards:
+            shard.send(("start", start_ns))
 
     def _stop_all(self, shards: list[ProcessShard]) -> None:
         if self._stop_at is None:
@@ -566,7 +593,7 @@ class ShardedRunner:
                     self._receive(shard, shard.messages())
                     self._reap(shard, shards)
                 break
-            wait_any([w for s in live for w in s.waitables()], timeout=POLL_S)
+            self._wait(live)
             fresh = False
             for shard in shards:
                 fresh |= self._receive(shard, shard.messages())
@@ -599,10 +626,7 @@ class ShardedRunner:
         if self._stop_at is not None:
             return
         if all(st.ready for st in self.state.values()):
-            start_ns = time.perf_counter_ns() + int(START_MARGIN_S * NS_PER_S)
-            self.clock.start_at(start_ns)
-            for shard in shards:
-                shard.send(("start", start_ns))
+            self._send_start(shards)
             self._started = True
         elif time.monotonic() > setup_deadline:
             self._stop_all(shards)
@@ -655,7 +679,7 @@ class ShardedRunner:
         if st.result is not None or not shard.exited() or st.died_at_s is not None:
             return
         if st.failure is None:
-            st.failure = (f"died ({describe_exit(shard.process.exitcode)})"
+            st.failure = (f"died ({shard.exit_note()})"
                           if self._started or not self._interrupts else "stopped while starting")
         st.died_at_s = self.clock.now() if self._started else 0.0
         if self._started and not self._interrupts:
@@ -716,7 +740,8 @@ class ShardedRunner:
                 "status": ("failed" if res is None else
                            "interrupted" if res.outcome.interrupted else "complete"),
             })
-        return {"count": len(self.specs), "shards": shards, "failed": self.failures}
+        return {"count": len(self.specs), "transport": self.transport, "shards": shards,
+                "failed": self.failures}
 
     def _combine(self) -> RunOutcome:
         results = [st.result for st in self.state.values() if st.result is not None]
