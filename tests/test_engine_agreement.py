@@ -34,6 +34,9 @@ def test_emulate_and_simulate_agree_per_request(tmp_path):
             target=TargetConfig(url=emu.base_url, engine="vllm"), plan=LoadPlan(),
             timeouts=Timeouts(request_s=30, stall_s=10), out=tmp_path / "runs"))
         assert "Traceback" not in emu.stderr_text()
+        # steps the emulator ran late (a loaded machine starved it) shift every later token by
+        # that much: its own count of that lateness widens the tolerance, and nothing else does
+        slip = _get_json(emu.base_url + "/health")["lag_total_s"]
     live_rows = {r["request_id"]: r for r in records_of(live)}
     sim = simulate(workload, engine.make_scheduler).records.to_pylist()
 
@@ -48,16 +51,20 @@ def test_emulate_and_simulate_agree_per_request(tmp_path):
             live_v = r[what] - r["scheduled_s"]
             sim_v = s[what] - s["scheduled_s"]
             diffs.append(live_v - sim_v)
-            assert abs(live_v - sim_v) <= 0.025 + 0.10 * sim_v, (s["request_id"], what,
-                                                                 live_v, sim_v)
+            assert abs(live_v - sim_v) <= 0.025 + 0.10 * sim_v + slip, (
+                s["request_id"], what, live_v, sim_v, slip)
     # and no systematic bias beyond the HTTP path's few milliseconds
-    assert abs(float(np.median(ttft_diff))) < 0.010
-    assert abs(float(np.median(e2e_diff))) < 0.015
+    assert abs(float(np.median(ttft_diff))) < 0.010 + slip
+    assert abs(float(np.median(e2e_diff))) < 0.015 + slip
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 def _warm_up(base_url: str) -> None:
-    with urllib.request.urlopen(base_url + "/v1/models", timeout=10) as resp:
-        model = json.loads(resp.read())["data"][0]["id"]
+    model = _get_json(base_url + "/v1/models")["data"][0]["id"]
     body = json.dumps({"model": model, "prompt": "warm up", "max_tokens": 2}).encode()
     req = urllib.request.Request(base_url + "/v1/completions", data=body,
                                  headers={"Content-Type": "application/json"})

@@ -187,7 +187,8 @@ class EngineLoop:
 
     def health(self) -> dict[str, Any]:
         return {"steps": self.steps, "late_steps": self.late_steps,
-                "lag_max_s": self.lag_max_s, "keeping_real_time":
+                "lag_max_s": self.lag_max_s, "lag_total_s": self.lag_total_s,
+                "keeping_real_time":
                 self.late_steps <= max(2, self.steps // 50)}
 
 
@@ -383,8 +384,10 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
     async def tokenize(request: Request) -> JSONResponse:
         try:
             body = orjson.loads(await request.body())
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
             tokens = _prompt_ids(body, "messages" in body, tokenizer, encoder)
-        except (orjson.JSONDecodeError, ValueError, AttributeError) as exc:
+        except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             return _error(400, f"bad /tokenize body: {exc}")
         return JSONResponse({"count": len(tokens), "max_model_len": max_model_len,
                              "tokens": tokens})
@@ -399,6 +402,9 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
             max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else int(max_tokens)
             if max_tokens < 1:
                 raise ValueError("max_tokens must be >= 1")
+            opts = body.get("stream_options") or {}
+            if not isinstance(opts, dict):  # checked before the engine takes the request
+                raise ValueError("'stream_options' must be a JSON object")
         except (orjson.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
             return _error(400, str(exc))
         for status, p in faults.error_rates.items():
@@ -426,7 +432,6 @@ def create_app(make_scheduler: Callable[[], Scheduler], *, model: str,
             return _error(400, f"request rejected: {reason}")
         if faults.slow_first_byte_s:
             await asyncio.sleep(faults.slow_first_byte_s)
-        opts = body.get("stream_options") or {}
         shape = _Shape(rid, model, chat, len(token_ids), max_tokens)
         if not body.get("stream"):
             return await _whole(loop, stream, shape, metrics, arrival, request)
