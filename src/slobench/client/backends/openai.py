@@ -15,6 +15,7 @@ import asyncio
 import base64
 import math
 import re
+import weakref
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -23,7 +24,7 @@ import orjson
 
 from slobench.client.backends.presets import EnginePreset
 from slobench.client.result import RequestResult
-from slobench.client.sse import SSEParser
+from slobench.client.sse import MAX_EVENT_BYTES, SSEError, SSEParser
 from slobench.clock import RunClock
 from slobench.errors import UserError
 
@@ -162,6 +163,7 @@ class OpenAIBackend:
         try:
             result.sent_s = clock.now()
             async with await self._post(session, payload, result) as resp:
+                _watch_connection(resp)
                 result.http_status = resp.status
                 if resp.status >= 400:
                     body = await _read_error_body(resp)
@@ -178,16 +180,21 @@ class OpenAIBackend:
             result.fail("connect_error", f"cannot connect to {self.base_url}: {exc.os_error}",
                         clock.now())
         except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct types before 3.11
-            what = str(exc) or type(exc).__name__
+            # aiohttp names the stall (sock_read) and connect timeouts; a bare one is the total
+            what = str(exc) or "the whole request took longer than its time limit"
             result.fail("timeout", f"timed out: {what}", clock.now())
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                 aiohttp.ClientOSError, ConnectionError) as exc:
             result.fail("disconnect", f"connection lost: {type(exc).__name__}: {exc}",
                         clock.now())
-        except aiohttp.ClientResponseError as exc:
+        except (aiohttp.ClientResponseError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            # the second: a framing error, as aiohttp's pure-Python parser raises it mid-body
             result.fail("protocol_error", f"bad HTTP response: {exc.message}", clock.now())
         except aiohttp.ClientError as exc:
             result.fail("disconnect", f"{type(exc).__name__}: {exc}", clock.now())
+        finally:
+            if result.error is not None:
+                result.error = _one_line(result.error)
 
     async def _post(self, session: aiohttp.ClientSession, payload: bytes,
                     result: RequestResult) -> aiohttp.ClientResponse:
@@ -222,8 +229,12 @@ class OpenAIBackend:
 
     async def _read_whole(self, resp: aiohttp.ClientResponse, result: RequestResult,
                           clock: RunClock) -> None:
-        raw = await resp.read()
+        raw = await _read_capped(resp.content, MAX_EVENT_BYTES)
         now = clock.now()
+        if raw is None:
+            result.fail("protocol_error",
+                        f"response body longer than {MAX_EVENT_BYTES >> 20} MiB (the limit)", now)
+            return
         try:
             obj = orjson.loads(raw)
             choice = obj["choices"][0]
@@ -323,6 +334,8 @@ class OpenAIBackend:
                     over = handle(parser.close(), now)
                     break
                 over = handle(parser.feed(chunk), now)
+        except SSEError as exc:  # a line without end: stop reading rather than buffer it all
+            failure = ("protocol_error", str(exc))
         finally:  # tokens that arrived before a failure are measured too
             result.done_s = clock.now()
             self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative,
@@ -434,6 +447,39 @@ def _reuse_trace() -> aiohttp.TraceConfig:
 _REUSE_TRACE = _reuse_trace()
 
 
+# aiohttp's C parser drops the body reader of a response whose framing turns bad mid-body (a
+# chunk-size line that is not hexadecimal, in a read after the headers): it closes the connection
+# but never tells the reader, which then waits for the whole-request timeout (the pure-Python
+# parser raises). So each connection's loss fails the body its latest response is still reading.
+_READING: weakref.WeakKeyDictionary[Any, aiohttp.ClientResponse] = weakref.WeakKeyDictionary()
+
+
+def _watch_connection(resp: aiohttp.ClientResponse) -> None:
+    conn = resp.connection
+    proto = conn.protocol if conn is not None else None
+    if proto is None:
+        return
+    if proto not in _READING:  # the first response on this connection
+        closed = getattr(proto, "closed", None)
+        if not isinstance(closed, asyncio.Future):  # already lost, or an unknown aiohttp
+            return
+        closed.add_done_callback(lambda fut, ref=weakref.ref(proto): _connection_lost(ref, fut))
+    _READING[proto] = resp
+
+
+def _connection_lost(proto_ref: weakref.ref[Any], closed: asyncio.Future[None]) -> None:
+    if not closed.cancelled():
+        closed.exception()  # looked at: asyncio does not log it as never retrieved
+    proto = proto_ref()
+    resp = _READING.pop(proto, None) if proto is not None else None
+    if resp is None or resp.content.is_eof() or resp.content.exception() is not None:
+        return  # read to the end, or aiohttp told the reader itself
+    cause = proto.exception() if hasattr(proto, "exception") else None
+    message = getattr(cause, "message", None) or "connection closed in the middle of the body"
+    resp.content.set_exception(aiohttp.ClientResponseError(
+        resp.request_info, resp.history, status=resp.status, message=str(message)))
+
+
 def _cached_from_usage(usage: dict[str, Any]) -> int | None:
     """Prompt tokens served from the prefix cache (``usage.prompt_tokens_details.cached_tokens``,
     as OpenAI, vLLM with --enable-prompt-tokens-details and SGLang report it); None if absent."""
@@ -447,6 +493,25 @@ def _reasoning_from_usage(usage: dict[str, Any]) -> int | None:
     if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
         return details["reasoning_tokens"]
     return None
+
+
+def _one_line(error: str) -> str:
+    """An error message fit for the records: one line (aiohttp's messages span several), and
+    valid UTF-8 (aiohttp's pure-Python parser keeps undecodable bytes as lone surrogates, which
+    the journal cannot write)."""
+    if not error.isascii():
+        error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(error.split()) if "\n" in error or "\r" in error else error
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes ``limit`` bytes (memory stays bounded)."""
+    buf = bytearray()
+    while chunk := await content.readany():
+        buf += chunk
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
 
 
 async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
