@@ -29,6 +29,7 @@ from slobench.cli.options import (
     sessions_option,
     tp_option,
 )
+from slobench.client.backends.openai import strip_credentials
 from slobench.errors import UserError
 from slobench.report.terminal import console, engine_text
 from slobench.slo.capacity import (
@@ -185,12 +186,13 @@ def capacity(
 
     result = find_capacity(evaluate, start=start, rel_tol=tolerance, max_trials=max_trials,
                            on_trial=show)
-    report = {"target": target or "simulator", "engine": engine.describe() if engine else None,
+    shown = strip_credentials(target) if target else None  # no user:password@ or ?api_key=
+    report = {"target": shown or "simulator", "engine": engine.describe() if engine else None,
               "rate": rate, "profile": profile, "duration_s": duration_s, "slo": slo,
               **result.as_dict()}
     (folder / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
     html = write_capacity_html(result, folder / "capacity.html", title=f"Capacity of "
-                               f"{target or 'the simulated engine'}")
+                               f"{shown or 'the simulated engine'}")
     console().print(capacity_table(result))
     if result.capacity_rps is None:
         console().print(f"[red]No load met the SLOs[/red] ({result.stopped}). Curve: {html}")

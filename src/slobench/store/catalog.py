@@ -685,10 +685,13 @@ class Catalog:
         def upsert(conn: Connection) -> None:
             old = conn.execute(select(runs.c.pid, runs.c.host, runs.c.registered_at)
                                .where(runs.c.uid == row["uid"])).first()
-            row["pid"] = pid if pid is not None else (old.pid if old else None)
-            if (row["status"] == "running" and pid is None and old is not None and old.pid
-                    and old.host == row["host"] == socket.gethostname()
-                    and not _alive(int(old.pid))):
+            # the process that ran it: as registered at its start, else as its manifest says
+            # (a run killed before it reached the catalog)
+            ran = (old.pid, old.host) if old is not None and old.pid else (
+                _int(manifest.get("pid")), row["host"])
+            row["pid"] = pid if pid is not None else ran[0]
+            if (row["status"] == "running" and pid is None and ran[0]
+                    and ran[1] == row["host"] == socket.gethostname() and not _alive(ran[0])):
                 row["status"] = "killed"
             row["registered_at"] = old.registered_at if old is not None and \
                 old.registered_at else now

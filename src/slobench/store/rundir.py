@@ -199,6 +199,7 @@ class RunDir:
             "tool": {"name": "slobench", "version": __version__},
             "versions": library_versions(),
             "host": host_info(),
+            "pid": os.getpid(),  # so a run killed before the catalog saw it still reads as killed
             "started_at": _now_iso(),
             "ended_at": None,
             "target": redact(target, secrets),
@@ -242,5 +243,7 @@ class RunDir:
             table, torn = self.read_journals()
             source = JOURNAL if paths == [self.journal_path] else ", ".join(p.name for p in paths)
             return table, source, torn
+        if (self.path / MANIFEST).exists():  # killed after it started, before its client did:
+            return RECORDS_SCHEMA.empty_table(), f"no journal ({MANIFEST} only)", 0  # nothing sent
         raise UserError(f"{self.path}: the run has no records yet ({RECORDS} and {JOURNAL} are "
                         "both missing)")
