@@ -5,6 +5,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 
+# Control characters (tab aside) and Unicode line breaks -> their escaped spelling (``\\n``).
+_ESCAPES = {c: ascii(chr(c))[1:-1] for c in [*range(0x20), 0x7F, *range(0x80, 0xA0),
+                                               0x2028, 0x2029] if c != 0x09}
+
 
 class UserError(Exception):
     """Bad input from the user: the message says what is wrong, where, and how to fix it.
@@ -13,7 +17,9 @@ class UserError(Exception):
     """
 
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
-        super().__init__(message)
+        # Messages quote outside input (option values, file lines): escape line breaks and
+        # terminal control characters so the message stays one harmless line.
+        super().__init__(str(message).translate(_ESCAPES))
         self.exit_code = exit_code
 
 

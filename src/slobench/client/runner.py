@@ -33,6 +33,7 @@ SPIN_S = 0.0015  # uvloop timers have millisecond resolution: sleep to within th
 PREPARE_AHEAD = 256  # payloads built ahead of the schedule, in slack time
 BIG_PROMPT_TOKENS = 8192  # prompts from this long are re-tokenized off the event loop
 HEALTH_INTERVAL_S = 0.5
+DRAIN_MARGIN_S = 1.0  # the end-of-run wait beyond the per-request time limit
 
 
 @dataclass(frozen=True)
@@ -577,7 +578,10 @@ class Runner:
                 schedule_end = self.clock.now()
                 pending = list(self._tasks)
                 if pending and not self._stop.is_set():
-                    drain = self.timeouts.request_s if drain_timeout_s is None else drain_timeout_s
+                    # a little past the request limit: a request running to its limit ends as
+                    # a timeout (its own timer), not cancelled by the drain racing that timer
+                    drain = (self.timeouts.request_s + DRAIN_MARGIN_S if drain_timeout_s is None
+                             else drain_timeout_s)
                     done_wait = asyncio.ensure_future(asyncio.wait(pending, timeout=drain))
                     stop_wait = asyncio.ensure_future(self._stop.wait())
                     await asyncio.wait({done_wait, stop_wait},

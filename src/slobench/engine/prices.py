@@ -36,6 +36,9 @@ def load_prices(path: str | Path | None) -> dict[str, float]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"--prices {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--prices {path}: not UTF-8 text (byte {exc.start}); fix the file"
+                        ) from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -53,7 +56,11 @@ def load_prices(path: str | Path | None) -> dict[str, float]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise UserError(f"--prices {path}: {name} = {value!r} must be a number of dollars "
                             "per GPU-hour >= 0")
-        prices[resolve_gpu(str(name)).name] = float(value)
+        try:
+            gpu = resolve_gpu(str(name))
+        except UserError as exc:
+            raise UserError(f"--prices {path}: {exc}", exit_code=exc.exit_code) from None
+        prices[gpu.name] = float(value)
     return prices
 
 

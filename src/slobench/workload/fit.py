@@ -335,10 +335,16 @@ def _read_generic(path: Path, columns: LogColumns) -> _Log:
         else:
             table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
                 strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+    # UnicodeDecodeError: Arrow's message quoting bytes that are not UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError) as exc:
         raise UserError(_locate_unreadable(path, kind) or
                         f"{path}: not a readable {kind.upper()} log "
                         f"({str(exc).splitlines()[0][:120]}); fix the file") from None
+    if kind != "parquet":
+        from slobench.workload.traces import _locate_non_utf8, is_utf8_table
+
+        if not is_utf8_table(table):
+            _locate_non_utf8(path)
     head = f"{path}:1" if kind == "csv" else str(path)
     names = table.column_names
     norm = {_norm(n): n for n in reversed(names)}

@@ -109,6 +109,9 @@ def read_rate_file(path: str | Path) -> PiecewiseRate:
         raise UserError(
             f"{path}: cannot read the rate file ({exc.strerror}); check the path"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: the rate file is not UTF-8 text (byte {exc.start}); fix it"
+                        ) from None
     times, rates = [], []
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):

@@ -42,6 +42,8 @@ def _whole(value: object, what: str, minimum: int = 0) -> int:
         raise UserError(f"{what} {value!r} must be a whole number >= {minimum}") from None
     if not math.isfinite(as_float) or as_float != int(as_float) or as_float < minimum:
         raise UserError(f"{what} {value!r} must be a whole number >= {minimum}")
+    if as_float > _HARD_MAX:  # token counts are int64 columns
+        raise UserError(f"{what} {value!r} is too large; give at most {_HARD_MAX} tokens")
     return int(as_float)
 
 

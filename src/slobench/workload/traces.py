@@ -470,7 +470,9 @@ def _read_csv(path: Path, fmt: str, required: _Spec, optional: _Spec, names_hint
     )
     try:
         table = pa_csv.read_csv(path, convert_options=convert)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    # KeyError: a header that is not UTF-8; UnicodeDecodeError: Arrow's message quoting bad bytes
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowKeyError,
+            UnicodeDecodeError) as exc:
         _locate_csv(path, header, by_norm, spec)
         raise UserError(f"{path}: not a readable {fmt} CSV ({exc}); fix the file") from None
     if table.num_rows == 0:
@@ -502,6 +504,7 @@ def _locate_csv(path: Path, header: list[str], by_norm: dict[str, str], spec: _S
     """Slow pass over a CSV known to be bad: raise UserError naming the first bad line."""
     index = {k: header.index(by_norm[k]) for k in spec}
     tz: bool | None = None
+    _locate_non_utf8(path)
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.reader(fh)
         next(reader, None)
@@ -547,6 +550,28 @@ def _locate_csv(path: Path, header: list[str], by_norm: dict[str, str], spec: _S
                                         "and some do not; use one form throughout")
 
 
+def is_utf8_table(table: pa.Table) -> bool:
+    """Whether a table read from a text file (CSV, JSON lines) holds only UTF-8 text: Arrow
+    reads bytes that are not UTF-8 as binary columns, or as column names Python cannot decode."""
+    try:
+        table.schema.names  # noqa: B018 (decoding the names is the check)
+    except UnicodeDecodeError:
+        return False
+    return not any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+                   for f in table.schema)
+
+
+def _locate_non_utf8(path: Path) -> None:
+    """Raise UserError naming the first line that is not UTF-8 text, if any."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{line_no}: not UTF-8 text; fix or delete that line"
+                                ) from None
+
+
 def _check_timestamp(value: str, where: str) -> bool:
     m = _ISO.match(value)
     ok = m is not None
@@ -571,9 +596,11 @@ def _read_json_lines(path: Path, fmt: str, fields: Mapping[str, tuple[str, bool]
         raise UserError(f"{path}: the file is empty; {fmt} traces have one JSON object per line")
     try:
         table = pa_json.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError) as exc:
         _locate_json(path, fmt, fields)
         raise UserError(f"{path}: not readable {fmt} JSON lines ({exc}); fix the file") from None
+    if not is_utf8_table(table):
+        _locate_non_utf8(path)
     if table.num_rows == 0:
         raise UserError(f"{path}: no requests; {fmt} traces have one JSON object per line")
     keep = [name for name in table.column_names if name in fields]
