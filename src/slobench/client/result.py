@@ -17,6 +17,7 @@ class RequestResult:
         "first_token_s",
         "http_status",
         "input_tokens",
+        "last_io_s",
         "output_tokens",
         "queue_s",
         "reasoning_tokens",
@@ -51,6 +52,8 @@ class RequestResult:
         self.cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
         # times sent again after a pooled keep-alive connection closed before any response
         self.retries = 0
+        # when the last bytes of the response arrived (run clock): the runner's stall watchdog
+        self.last_io_s: float | None = None
         # the answer's text pieces, kept only when a session's next turn needs the history
         self.answer: list[str] | None = None
 

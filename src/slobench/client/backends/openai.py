@@ -163,6 +163,7 @@ class OpenAIBackend:
         try:
             result.sent_s = clock.now()
             async with await self._post(session, payload, result) as resp:
+                result.last_io_s = clock.now()  # the response's headers are in
                 _watch_connection(resp)
                 result.http_status = resp.status
                 if resp.status >= 400:
@@ -329,7 +330,7 @@ class OpenAIBackend:
         try:
             while not over:
                 chunk = await content.readany()
-                now = clock.now()
+                now = result.last_io_s = clock.now()
                 if not chunk:
                     over = handle(parser.close(), now)
                     break
