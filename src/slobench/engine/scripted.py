@@ -526,6 +526,10 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
         if plan.truth is not None:
             plan.truth.status = "client_gone"
         return web.Response(status=499)
+    except asyncio.CancelledError:  # the client went away and the handler was cancelled
+        if plan.truth is not None:
+            plan.truth.status = "client_gone"
+        raise
     finally:
         state.active -= 1
         if plan.truth is not None and plan.truth.done is None:  # faults, cancellation
