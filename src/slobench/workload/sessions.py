@@ -54,7 +54,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.special import ndtr, ndtri
-from scipy.stats import poisson
 
 from slobench.errors import UserError, did_you_mean
 from slobench.schema import WORKLOAD_SCHEMA, conform_workload
@@ -917,6 +916,8 @@ class _Sessionizer:
         count = np.zeros(n, dtype=np.int64)
         pos = lam > 0
         u = _uniform(self.keys["pre_count"], c.g[pos])
+        from scipy.stats import poisson  # here: scipy.stats costs every CLI start 0.4 s
+
         count[pos] = np.maximum(poisson.ppf(u, lam[pos]), 0).astype(np.int64)
         total = int(count.sum())
         if total == 0:
