@@ -29,7 +29,12 @@ class Journal:
         self.count = 0
 
     def append(self, row: dict[str, Any]) -> None:
-        self._pending.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
+        try:
+            line = orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:  # e.g. lone surrogates in an error text: keep the row
+            line = orjson.dumps({k: _utf8(v) for k, v in row.items()},
+                                option=orjson.OPT_SERIALIZE_NUMPY)
+        self._pending.append(line)
         self.count += 1
 
     def flush(self) -> None:
@@ -59,6 +64,14 @@ class Journal:
         self.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+
+def _utf8(value: Any) -> Any:
+    """A string that UTF-8 can carry (undecodable bytes that aiohttp's pure-Python parser keeps
+    as lone surrogates become backslash escapes); anything else as it is."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def read_journal(path: Path) -> tuple[pa.Table, int]:

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from slobench.client.journal import Journal
-from slobench.client.shards import SETUP_TIMEOUT_S, ShardedRunner, ShardSpec, run_shard
+from slobench.client.shards import (
+    SETUP_TIMEOUT_S,
+    ShardedRunner,
+    ShardSpec,
+    StartGate,
+    run_shard,
+)
 from slobench.clock import NS_PER_S
 from slobench.errors import UserError
 
@@ -122,16 +128,13 @@ class StreamingJournal(Journal):
         self.flush()
 
 
-class RayChannel:
+class RayChannel(StartGate):
     """:class:`~slobench.client.shards.WorkerChannel` of an actor: sends go to the actor's
     outbox (pulled by the driver); start and stop arrive as actor calls on other threads."""
 
     def __init__(self, push: Push) -> None:
+        super().__init__()
         self._push = push
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_stop: Callable[[], None] | None = None
-        self._start: asyncio.Future[int | None] | None = None
-        self._stopped = False
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> None:
         self._loop, self._on_stop = loop, on_stop
@@ -142,34 +145,18 @@ class RayChannel:
     def send(self, message: tuple[Any, ...]) -> None:
         self._push(message)
 
-    async def wait_start(self) -> int | None:
-        self._start = asyncio.get_running_loop().create_future()
-        if self._stopped:
-            return None
-        self.send(("ready",))
-        return await self._start
-
     def start_at_wall(self, wall_ns: int) -> None:
         """The start instant in this machine's wall clock, turned into its monotonic clock."""
         start_ns = time.perf_counter_ns() + (wall_ns - time.time_ns())
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._resolve, start_ns)
+            loop.call_soon_threadsafe(self._resolve_start, start_ns)
 
     def request_stop(self) -> None:
         self._stopped = True
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._stop_now)
-
-    def _resolve(self, value: int | None) -> None:
-        if self._start is not None and not self._start.done():
-            self._start.set_result(value)
-
-    def _stop_now(self) -> None:
-        self._resolve(None)
-        if self._on_stop is not None:
-            self._on_stop()
 
     def close(self) -> None:
         pass

@@ -150,6 +150,8 @@ class Runner:
         self._session: aiohttp.ClientSession | None = None
         self._sem = (asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None)
         self.cpu_samples: list[float] = []  # filled while running (see _monitor)
+        # rows whose big prompt is being re-tokenized on a thread (see _check_on_thread)
+        self._big_checks: dict[int, asyncio.Future[str]] = {}
 
     @property
     def sent(self) -> int:
@@ -157,9 +159,6 @@ class Runner:
         return self._sent
 
     # -- payloads ----------------------------------------------------------------------------
-
-    # rows whose big prompt is being re-tokenized on a thread (see _check_on_thread)
-    _big_checks: dict[int, asyncio.Future[str]] | None = None
 
     def _payload(self, i: int, suffix: str = "") -> bytes:
         payload = None if suffix else self._payloads.pop(i, None)
@@ -180,8 +179,6 @@ class Runner:
         """Build row ``i``'s text on the loop (a slice of the corpus: milliseconds), re-tokenize
         it on a thread (HF tokenizers release the GIL), and store the payload once checked."""
         checks = self._big_checks
-        if checks is None:
-            checks = self._big_checks = {}
         if i in checks:
             return
         a, b = self._block_offsets[i], self._block_offsets[i + 1]

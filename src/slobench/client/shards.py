@@ -257,20 +257,50 @@ class WorkerChannel(Protocol):
     def close(self) -> None: ...
 
 
-class PipeChannel:
+class StartGate:
+    """The start and stop handling every transport's channel shares: ``wait_start`` says
+    "ready" and waits for the start instant; a stop request resolves it with None and calls the
+    Runner's ``on_stop``. Subclasses deliver those two events (``_resolve_start``, ``_stop_now``)
+    on the loop, and implement ``send``."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_stop: Callable[[], None] | None = None
+        self._start: asyncio.Future[int | None] | None = None
+        self._stopped = False
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    async def wait_start(self) -> int | None:
+        self._start = asyncio.get_running_loop().create_future()
+        if self._stopped:
+            return None
+        self.send(("ready",))
+        return await self._start
+
+    def _resolve_start(self, value: int | None) -> None:
+        if self._start is not None and not self._start.done():
+            self._start.set_result(value)
+
+    def _stop_now(self) -> None:
+        self._stopped = True
+        self._resolve_start(None)
+        if self._on_stop is not None:
+            self._on_stop()
+
+
+class PipeChannel(StartGate):
     """:class:`WorkerChannel` over a ``multiprocessing`` pipe. Sends go through one thread, so
     pickling and a full pipe never block the event loop, and messages never interleave."""
 
     def __init__(self, conn: Connection) -> None:
+        super().__init__()
         self._conn = conn
         self._out: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="slobench-shard-send",
                                         daemon=True)
         self._sender.start()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_stop: Callable[[], None] | None = None
-        self._start: asyncio.Future[int | None] | None = None
-        self._stopped = False
 
     def _send_loop(self) -> None:
         while (msg := self._out.get()) is not None:
@@ -302,21 +332,9 @@ class PipeChannel:
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
         if msg[0] == "start":
-            if self._start is not None and not self._start.done():
-                self._start.set_result(int(msg[1]))
+            self._resolve_start(int(msg[1]))
         elif msg[0] == "stop":
-            self._stopped = True
-            if self._start is not None and not self._start.done():
-                self._start.set_result(None)
-            if self._on_stop is not None:
-                self._on_stop()
-
-    async def wait_start(self) -> int | None:
-        self._start = asyncio.get_running_loop().create_future()
-        if self._stopped:
-            return None
-        self.send(("ready",))
-        return await self._start
+            self._stop_now()
 
     def close(self) -> None:
         self._out.put(None)

@@ -497,11 +497,8 @@ def _reasoning_from_usage(usage: dict[str, Any]) -> int | None:
 
 
 def _one_line(error: str) -> str:
-    """An error message fit for the records: one line (aiohttp's messages span several), and
-    valid UTF-8 (aiohttp's pure-Python parser keeps undecodable bytes as lone surrogates, which
-    the journal cannot write)."""
-    if not error.isascii():
-        error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+    """An error message fit for the records: one line (aiohttp's messages span several). The
+    journal makes any text UTF-8 it can write."""
     return " ".join(error.split()) if "\n" in error or "\r" in error else error
 
 
