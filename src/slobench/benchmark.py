@@ -26,6 +26,7 @@ from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.probe import identify_server
 from slobench.client.ray_shards import RayCluster
+from slobench.client.ray_shards import connect as connect_ray
 from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
 from slobench.client.shards import (
     ShardedRunner,
@@ -220,15 +221,6 @@ def client_workers(cfg: BenchmarkConfig, workload: pa.Table,
     return effective_workers(cfg.plan, requested, unit_count(workload))
 
 
-def join_ray(address: str) -> RayCluster:
-    """Connect to the Ray cluster of ``--ray``; an address nobody answers fails fast."""
-    from slobench.client.ray_shards import connect
-    from slobench.planning import _reachable
-
-    _reachable(address)
-    return connect(address)
-
-
 def token_counting(records: pa.Table) -> dict[str, int]:
     return dict(Counter(records["token_count_source"].to_pylist()))
 
@@ -241,7 +233,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     target = cfg.target
     chat = target.endpoint == "chat"
     resolve_encoder(cfg.vision_encoder)  # an unknown name fails before anything starts
-    cluster = join_ray(cfg.ray_address) if cfg.ray_address else None
+    cluster = connect_ray(cfg.ray_address) if cfg.ray_address else None
     n_workers = client_workers(cfg, workload, cluster)
     resolve_preset(target.engine, None)  # so does an unknown --engine
     from_server = cfg.tokenizer == "server"

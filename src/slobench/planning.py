@@ -229,29 +229,12 @@ def _with_workload(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str
     return fn({**job, "workload": workload})
 
 
-def _reachable(address: str) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
-    import socket
-
-    from slobench.errors import UserError
-
-    hostport = address.removeprefix("ray://")
-    if hostport == "auto" or ":" not in hostport:
-        return
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
-            pass
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--ray {address}: nothing answers there ({exc}); start a cluster with "
-                        "`ray start --head` and give its address, e.g. 127.0.0.1:6379") from None
-
-
 def _run_ray(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str, Any]],
              address: str, on_done: Callable[[dict[str, Any]], None] | None
              ) -> list[dict[str, Any]]:
     from pathlib import Path
 
+    from slobench.client.ray_shards import check_reachable
     from slobench.errors import UserError
 
     try:
@@ -259,7 +242,7 @@ def _run_ray(fn: Callable[[dict[str, Any]], dict[str, Any]], jobs: list[dict[str
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'slobench[ray]' (here and on the "
                         "cluster's nodes)") from None
-    _reachable(address)
+    check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="warning", ignore_reinit_error=True)

@@ -293,9 +293,9 @@ def run(
                                                            "--scrape-interval") or 0.0,
                           workers=workers, ray_address=ray)
     if ray:  # an address nobody answers fails before a built-in target starts
-        from slobench.planning import _reachable
+        from slobench.client.ray_shards import check_reachable
 
-        _reachable(ray)
+        check_reachable(ray)
     out_console = console()
     err_console = console(stderr=True)
     with contextlib.ExitStack() as stack:

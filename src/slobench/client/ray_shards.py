@@ -78,9 +78,23 @@ class RayCluster:
                             "fewer, or add nodes")
 
 
+def check_reachable(address: str) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
+    hostport = address.removeprefix("ray://")
+    if hostport == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3.0):
+            pass
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--ray {address}: nothing answers there ({exc}); start a cluster with "
+                        "`ray start --head` and give its address, e.g. 127.0.0.1:6379") from None
+
+
 def connect(address: str) -> RayCluster:
-    """Join the cluster at ``address`` as its driver (call ``planning._reachable`` first: Ray
-    itself retries an address nobody answers for minutes)."""
+    """Join the cluster at ``address`` as its driver; an address nobody answers fails fast."""
+    check_reachable(address)
     ray = _ray()
     if ray.is_initialized():  # an earlier run in this process may have joined another cluster
         ray.shutdown()
