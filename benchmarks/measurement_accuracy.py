@@ -1,10 +1,12 @@
 """How accurately do LLM benchmark clients measure a server whose true latencies are known?
 
 The scripted server (``slobench.engine.scripted``, own process) answers every request with a fixed
-schedule (TTFT 20 ms, 5 ms per token, 64 tokens) and, in truth-log mode, records when it received
-each request and when each chunk's write actually returned. That log is the truth: true TTFT =
-first chunk written − receipt, true ITL = gaps between per-token emission times (a k-token chunk is
-k tokens at one instant, as in slobench's Records), the server's own lateness = written − due.
+schedule (TTFT 20 ms, 5 ms per token, 64 tokens) and, in truth-log mode, records when it read
+each request's first bytes from its socket (``rx``), when its handler started (``t0``, where the
+schedule starts) and when each chunk's write actually returned. That log is the truth: true TTFT =
+first chunk written − rx (the server's own queueing, t0 − rx, is server latency any client sees),
+true ITL = gaps between per-token emission times (a k-token chunk is k tokens at one instant, as
+in slobench's Records), the server's own lateness = written − due.
 
 At each closed-loop concurrency (default 1, 16, 64; and 16, 64 with 4 tokens per chunk) each tool
 runs against the same server, one after the other, as a child process:
@@ -16,11 +18,12 @@ runs against the same server, one after the other, as a child process:
   reported as such.
 
 Per tool and load: the error of its reported TTFT / ITL / TPOT percentiles against the server's
-truth for the same period; its reported request rate and output tok/s next to the true ones; its
-CPU (the whole process tree, sampled with psutil; steady state only: the middle of the run, where
-the server's log shows requests flowing) per request and per streamed token; the server's CPU and
-lateness over the same window. Then the highest open-loop (Poisson) rate at which slobench keeps
-p99 send lag <= 1 ms with 16-token streams from a server that answers at once.
+truth for the same period; the server's queueing (t0 − rx) in that period; its reported request
+rate and output tok/s next to the true ones; its CPU (the whole process tree, sampled with
+psutil; steady state only: the middle of the run, where the server's log shows requests flowing)
+per request and per streamed token; the server's CPU and lateness over the same window. Then the
+highest open-loop (Poisson) rate at which slobench keeps p99 send lag <= 1 ms with 16-token
+streams from a server that answers at once.
 
 Usage::
 
@@ -346,13 +349,15 @@ class Truth:
 
     requests: int
     ok: int
-    ttft: np.ndarray  # per ok request
+    ttft: np.ndarray  # per ok request: first chunk written − rx
+    queue: np.ndarray  # every request: handler start − rx (the server's own queueing)
+    rx_logged: bool  # every record had rx (an older server logs t0 only: then rx = t0)
     itl_token: np.ndarray  # gaps between per-token emission times (slobench's ITL)
     itl_chunk: np.ndarray  # gaps between chunk writes (vLLM's ITL)
     tpot: np.ndarray  # per request: (last token − first token) / (tokens − 1)
     lateness: np.ndarray  # per chunk: written − due
     token_times: np.ndarray  # every token's emission time (k-token chunk: k entries)
-    receipts: np.ndarray  # every request
+    receipts: np.ndarray  # every request: rx, when the server read its first bytes
     done: np.ndarray  # every request (NaN: never finished)
     ok_mask: np.ndarray  # which requests completed with tokens
     first_writes: np.ndarray  # per ok request: its first token chunk's write
@@ -369,10 +374,15 @@ class Truth:
 
 def truth_of(records: list[dict[str, Any]]) -> Truth:
     ttft, tpot, itl_t, itl_c, late, tokens, receipts, done = [], [], [], [], [], [], [], []
-    ok_mask, first_writes = [], []
+    ok_mask, first_writes, queue = [], [], []
     ok = 0
+    rx_logged = True
     for r in records:
-        receipts.append(r["t0"])
+        rx = r.get("rx")
+        if rx is None:
+            rx_logged, rx = False, r["t0"]
+        receipts.append(rx)
+        queue.append(r["t0"] - rx)
         done.append(r["done"] if r["done"] is not None else math.nan)
         sent, due, k = (np.asarray(r[x], dtype=np.float64) for x in ("sent", "due", "tokens"))
         late.append(sent - due)
@@ -385,7 +395,7 @@ def truth_of(records: list[dict[str, Any]]) -> Truth:
         first_writes.append(sent[has][0])
         emitted = np.repeat(sent, k.astype(np.int64))
         tokens.append(emitted)
-        ttft.append(sent[has][0] - r["t0"])
+        ttft.append(sent[has][0] - rx)
         itl_t.append(np.diff(emitted))
         itl_c.append(np.diff(sent[has]))
         if emitted.size > 1:
@@ -396,8 +406,10 @@ def truth_of(records: list[dict[str, Any]]) -> Truth:
 
     rec = np.asarray(receipts, dtype=np.float64)
     fin = np.asarray(done, dtype=np.float64)
-    return Truth(requests=len(records), ok=ok, ttft=np.asarray(ttft), itl_token=cat(itl_t),
-                 itl_chunk=cat(itl_c), tpot=np.asarray(tpot), lateness=cat(late),
+    return Truth(requests=len(records), ok=ok, ttft=np.asarray(ttft),
+                 queue=np.asarray(queue, dtype=np.float64), rx_logged=rx_logged,
+                 itl_token=cat(itl_t), itl_chunk=cat(itl_c), tpot=np.asarray(tpot),
+                 lateness=cat(late),
                  token_times=cat(tokens), receipts=rec, done=fin,
                  ok_mask=np.asarray(ok_mask, dtype=bool), first_writes=np.asarray(first_writes),
                  start=float(rec.min()) if rec.size else math.nan,
@@ -406,10 +418,13 @@ def truth_of(records: list[dict[str, Any]]) -> Truth:
 
 def ttft_breakdown(records: Any, truth: Truth) -> dict[str, float] | None:
     """Where slobench's TTFT p50 goes beyond the server's, in ms: its own send lag, sent → the
-    server's handler starting (upstream), and the first chunk's write → its arrival in the client
-    (downstream). slobench's offsets and the server's log share CLOCK_MONOTONIC but not an origin:
-    requests are paired by rank (sends with receipts, first tokens with first writes) and the
-    origin taken from the fastest 0.5% of deliveries, so these are medians, not exact per request.
+    server reading the request's first bytes (upstream: the client's write, the kernel, the
+    server's loop polling its socket), and the first chunk's write → its arrival in the client
+    (downstream). ``server_ttft_p50`` counts from the server's read (rx) and includes
+    ``server_queue_p50`` (rx → the handler starting). slobench's offsets and the server's log share
+    CLOCK_MONOTONIC but not an origin: requests are paired by rank (sends with receipts, first
+    tokens with first writes) and the origin taken from the fastest 0.5% of deliveries, so these
+    are medians, not exact per request.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -428,6 +443,7 @@ def ttft_breakdown(records: Any, truth: Truth) -> dict[str, float] | None:
     return {"send_lag_p50": float(np.median(col["sent_s"] - col["scheduled_s"])) * 1e3,
             "upstream_p50": float(np.median(receipts - (sent + origin))) * 1e3,
             "server_ttft_p50": float(np.median(truth.ttft)) * 1e3,
+            "server_queue_p50": float(np.median(truth.queue[truth.ok_mask])) * 1e3,
             "downstream_p50": float(np.median(first + origin - writes)) * 1e3}
 
 
@@ -583,11 +599,12 @@ def run_tool(tool: Tool, srv: ScriptedServerProcess, load: Load, tmp: Path, toke
     n_tok = int(((truth.token_times >= a) & (truth.token_times < b)).sum())
     win = b - a
     t = {"ttft": _p(truth.ttft), "itl": _p(truth.itl_token), "itl_chunk": _p(truth.itl_chunk),
-         "tpot": _p(truth.tpot), "lateness": _p(truth.lateness)}
+         "tpot": _p(truth.tpot), "lateness": _p(truth.lateness), "server_queue": _p(truth.queue)}
     row.update(
         status="ok",
         reported={k: v for k, v in asdict(rep).items()},
-        truth={**t, "requests": truth.requests, "ok": truth.ok,
+        truth={**t, "ttft_from": "rx" if truth.rx_logged else "t0",
+               "requests": truth.requests, "ok": truth.ok,
                "requests_per_s_steady": n_req / win, "output_tokens_per_s_steady": n_tok / win,
                "requests_per_s_run": truth.ok / (truth.end - truth.start)},
         error={"ttft_p50": _err(rep.ttft_p50, t["ttft"]["p50"]),
@@ -606,7 +623,9 @@ def run_tool(tool: Tool, srv: ScriptedServerProcess, load: Load, tmp: Path, toke
     console.print(f"  [dim]{tool.name:9} c={load.concurrency:<3} k={load.tokens_per_chunk}: "
                   f"{wall:5.1f} s, TTFT p50 {_fmt_err(e['ttft_p50'])}, ITL p50 "
                   f"{_fmt_err(e['itl_p50'])}, {row['steady']['tool_cores']:.2f} cores, "
-                  f"server late p99 {t['lateness']['p99'] * 1e3:.2f} ms[/dim]")
+                  f"server late p99 {t['lateness']['p99'] * 1e3:.2f} ms, queue p50/p99 "
+                  f"{t['server_queue']['p50'] * 1e3:.2f}/{t['server_queue']['p99'] * 1e3:.2f} "
+                  "ms[/dim]")
     return row
 
 
@@ -690,8 +709,10 @@ def accuracy_table(rows: list[dict[str, Any]], k: int) -> Table:
                     f"{OUTPUT_TOKENS} tokens)")
     for col in ("conc.", "tool", "TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "TPOT p50",
                 "req/s rep/true", "out tok/s", "CPU µs/req", "CPU µs/tok", "tool cores",
-                "server cores", "server late p50/p99 ms"):
+                "server cores", "server late p50/p99 ms", "server queue p50/p99 ms"):
         t.add_column(col, justify="right")
+    t.caption = ("truth: TTFT from when the server read the request's first bytes (rx); server "
+                 "queue = its handler starting − rx, part of every client's TTFT")
     last_c = None
     for r in rows:
         c = r["concurrency"]
@@ -706,11 +727,11 @@ def accuracy_table(rows: list[dict[str, Any]], k: int) -> Table:
                           f"{truth['ttft']['p99'] * 1e3:.2f} ms",
                           f"{truth['itl']['p50'] * 1e3:.2f} ms",
                           f"{truth['itl']['p99'] * 1e3:.2f} ms",
-                          f"{truth['tpot']['p50'] * 1e3:.2f} ms", "", "", "", "", "", "", "")
+                          f"{truth['tpot']['p50'] * 1e3:.2f} ms", *[""] * 8)
         last_c = c
         if r.get("status") != "ok":
             t.add_row(str(c), r["tool"], f"[yellow]{r['status']}: {r.get('reason', '')}"
-                      "[/yellow]", *[""] * 11)
+                      "[/yellow]", *[""] * 12)
             continue
         e, rep, tr, st = r["error"], r["reported"], r["truth"], r["steady"]
         t.add_row(
@@ -720,8 +741,16 @@ def accuracy_table(rows: list[dict[str, Any]], k: int) -> Table:
             _num(rep["output_tokens_per_s"], ".0f"), _num(st["cpu_us_per_request"], ".0f"),
             _num(st["cpu_us_per_token"], ".1f"), _num(st["tool_cores"], ".2f"),
             _num(st["server_cores"], ".2f"),
-            f"{tr['lateness']['p50'] * 1e3:.2f}/{tr['lateness']['p99'] * 1e3:.2f}")
+            f"{tr['lateness']['p50'] * 1e3:.2f}/{tr['lateness']['p99'] * 1e3:.2f}",
+            _queue(tr))
     return t
+
+
+def _queue(truth: dict[str, Any]) -> str:
+    q = truth.get("server_queue")
+    if not q or truth.get("ttft_from") != "rx":
+        return "—"
+    return f"{q['p50'] * 1e3:.2f}/{q['p99'] * 1e3:.2f}"
 
 
 def open_table(rows: list[dict[str, Any]]) -> Table:
@@ -912,7 +941,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "server": {"kind": "slobench.engine.scripted --truth, own subprocess",
                    "ttft_s": TTFT_S, "tpot_s": TPOT_S, "output_tokens": OUTPUT_TOKENS,
-                   "input_tokens": INPUT_TOKENS, "open_loop_script": OPEN_SCRIPT},
+                   "input_tokens": INPUT_TOKENS, "open_loop_script": OPEN_SCRIPT,
+                   "truth_ttft": "first chunk written − rx (the server's read of the request's "
+                                 "first bytes); server_queue = handler start (t0) − rx"},
         "settings": asdict(s),
         "closed_loop": rows,
         "open_loop": opened,

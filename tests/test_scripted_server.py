@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -509,6 +512,142 @@ def test_start_in_loop() -> None:
             await runner.cleanup()
 
     assert asyncio.run(go()) == [" w0", " w1"]
+
+
+# --------------------------------------------------------------------------------------------
+# truth log: rx, when the server read the request's first bytes
+
+# perf_counter is CLOCK_MONOTONIC on Linux, shared with the server's process: the test's stamps
+# compare with the server's. The bound on rx after the send is generous for a loaded 2-core box.
+SAME_CLOCK = sys.platform.startswith("linux")
+READ_WITHIN_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def truth_server() -> Any:
+    with ScriptedServerProcess({"ttft_s": 0.01, "tpot_s": 0.001, "output_tokens": 4},
+                               truth=True) as srv:
+        yield srv
+        assert "Traceback" not in srv.stderr_text(), srv.stderr_text()
+
+
+@pytest.fixture
+def truth_url(truth_server: ScriptedServerProcess) -> str:
+    truth_server.truth(clear=True)
+    return truth_server.base_url
+
+
+def _connection(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+
+
+def _post(conn: http.client.HTTPConnection, stream: bool) -> float:
+    """One chat completion on ``conn``, read to the end; returns the time just before sending."""
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    sent = time.perf_counter()
+    conn.request("POST", CHAT, body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.read()
+    return sent
+
+
+def _check_rx(rec: dict[str, Any], sent: float) -> None:
+    assert rec["status"] == "ok"
+    # strictly before: the stamp comes from the server's read, not the handler (rx = t0 is the
+    # fallback for an aiohttp without the hook)
+    assert rec["rx"] < rec["t0"] <= rec["sent"][0]
+    if SAME_CLOCK:
+        assert sent <= rec["rx"] < sent + READ_WITHIN_S, (rec["rx"] - sent, rec)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_truth_rx_is_when_the_request_was_read(truth_server: ScriptedServerProcess,
+                                               truth_url: str, stream: bool) -> None:
+    conn = _connection(truth_url)
+    try:
+        sent = _post(conn, stream)
+    finally:
+        conn.close()
+    [rec] = truth_server.truth(clear=True)
+    _check_rx(rec, sent)
+    assert rec["stream"] is stream
+
+
+def test_truth_rx_per_request_on_a_kept_alive_connection(truth_server: ScriptedServerProcess,
+                                                         truth_url: str) -> None:
+    conn = _connection(truth_url)
+    try:
+        first = _post(conn, stream=True)
+        sock = conn.sock
+        conn.request("GET", "/health")  # a request without a truth record in between
+        conn.getresponse().read()
+        second = _post(conn, stream=False)
+        assert conn.sock is sock  # one connection throughout
+    finally:
+        conn.close()
+    one, two = truth_server.truth(clear=True)
+    _check_rx(one, first)
+    _check_rx(two, second)
+    assert two["rx"] > one["done"]  # its own stamp, not the first request's (nor /health's)
+
+
+def _recv_until(sock: socket.socket, buf: bytes, done: Any) -> bytes:
+    while not done(buf):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {buf!r}"
+        buf += chunk
+    return buf
+
+
+def _read_head(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes]:
+    buf = _recv_until(sock, buf, lambda b: b"\r\n\r\n" in b)
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _read_response(sock: socket.socket, buf: bytes = b"") -> bytes:
+    """A whole non-streamed response (Content-Length); returns its status line and headers."""
+    head, rest = _read_head(sock, buf)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    match = re.search(rb"(?i)content-length: *(\d+)", head)
+    assert match, head
+    length = int(match.group(1))
+    rest = _recv_until(sock, rest, lambda b: len(b) >= length)
+    assert len(rest) == length  # nothing more: this client does not pipeline
+    return head
+
+
+def test_truth_rx_is_the_first_read_not_the_body(truth_server: ScriptedServerProcess,
+                                                 truth_url: str) -> None:
+    """Headers first, the body only once the server has parsed them (it answers ``Expect:
+    100-continue``): rx is the headers' read; the body's read is this request's too, so the next
+    request on the connection gets a stamp of its own."""
+    parts = urlsplit(truth_url)
+    assert parts.hostname is not None and parts.port is not None
+    body = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": False})
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        sent = time.perf_counter()
+        sock.sendall(head)
+        status, rest = _read_head(sock)
+        assert status.startswith(b"HTTP/1.1 100"), status
+        time.sleep(0.05)
+        body_sent = time.perf_counter()
+        sock.sendall(body)
+        _read_response(sock, rest)
+        plain = head.replace(b"Expect: 100-continue\r\n", b"")
+        next_sent = time.perf_counter()
+        sock.sendall(plain + body)
+        _read_response(sock)
+    rec, nxt = truth_server.truth(clear=True)
+    _check_rx(rec, sent)
+    _check_rx(nxt, next_sent)
+    if SAME_CLOCK:
+        assert rec["rx"] < body_sent
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ and one optional fault (HTTP error, connection reset, malformed SSE, stall, neve
 headers, truncated stream). A request may override the server's script with a JSON body field
 ``"slobench_script": {...}``.
 
-Timing is an absolute schedule from the request's receipt time ``t0`` (``time.perf_counter``):
-token ``i`` is due at ``t0 + ttft_s + i * tpot_s``; a chunk is written when its last token is due.
+Timing is an absolute schedule from the request's receipt time ``t0`` (``time.perf_counter`` when
+the handler starts): token ``i`` is due at ``t0 + ttft_s + i * tpot_s``; a chunk is written when
+its last token is due.
 
 Run by hand::
 
@@ -17,9 +18,10 @@ Run by hand::
 It prints one line ``LISTENING http://127.0.0.1:PORT`` once serving and runs until SIGTERM/SIGINT.
 
 Truth log (``--truth`` / ``--truth-log PATH``, opt-in): for every completion request the server
-records its receipt time, each chunk's due time, the time the chunk's write returned, and the tokens
-it carried, so a benchmark knows what the server actually emitted (and how late it ran). Served by
-``GET /truth``; with a path, also written as JSON lines at shutdown. See docs/scripted-server.md.
+records when it read the request's first bytes (``rx``) and started its handler (``t0``), each
+chunk's due time, the time the chunk's write returned, and the tokens it carried, so a benchmark
+knows what the server actually emitted (and how late it ran). Served by ``GET /truth``; with a
+path, also written as JSON lines at shutdown. See docs/scripted-server.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,16 +167,20 @@ async def _sleep_until(deadline: float) -> None:
 class TruthRecord:
     """What the server actually emitted for one completion request (truth-log mode).
 
-    Times are the server's ``time.perf_counter()``: ``t0`` at receipt; per chunk, ``due`` (when
-    the script wanted it), ``sent`` (when ``write`` returned: the bytes were handed to the kernel)
-    and ``tokens`` (0 for the empty final chunk of a zero-token answer); ``done`` after the end of
-    the response. Appending to plain lists keeps the cost per chunk to well under a microsecond.
+    Times are the server's ``time.perf_counter()``: ``rx`` when the request's first bytes were
+    read from its socket (``t0`` where the aiohttp hook is unavailable), ``t0`` when the handler
+    started (the schedule counts from it; ``t0 - rx`` is the server's own queueing); per chunk,
+    ``due`` (when the script wanted it), ``sent`` (when ``write`` returned: the bytes were handed to
+    the kernel) and ``tokens`` (0 for the empty final chunk of a zero-token answer); ``done`` after
+    the end of the response. Appending to plain lists keeps the cost per chunk to well under a
+    microsecond.
     """
 
-    __slots__ = ("done", "due", "id", "sent", "status", "stream", "t0", "tokens")
+    __slots__ = ("done", "due", "id", "rx", "sent", "status", "stream", "t0", "tokens")
 
-    def __init__(self, idx: int, t0: float, stream: bool) -> None:
+    def __init__(self, idx: int, t0: float, stream: bool, rx: float | None = None) -> None:
         self.id = idx
+        self.rx = t0 if rx is None else rx
         self.t0 = t0
         self.stream = stream
         self.status = "ok"
@@ -188,8 +195,9 @@ class TruthRecord:
         self.tokens.append(tokens)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "t0": self.t0, "stream": self.stream, "status": self.status,
-                "due": self.due, "sent": self.sent, "tokens": self.tokens, "done": self.done}
+        return {"id": self.id, "rx": self.rx, "t0": self.t0, "stream": self.stream,
+                "status": self.status, "due": self.due, "sent": self.sent,
+                "tokens": self.tokens, "done": self.done}
 
 
 class _State:
@@ -471,6 +479,9 @@ async def _respond_whole(request: web.Request, plan: _Plan) -> web.StreamRespons
 async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse:
     t0 = time.perf_counter()
     state = request.app[_STATE]
+    # rx: stamped by _RxRequestHandler, read before the body (later reads belong to this request
+    # anyway); without that hook (another aiohttp) the handler start
+    rx = getattr(request.protocol, "rx", t0) if state.truth is not None else t0
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -498,7 +509,7 @@ async def _completion(request: web.Request, *, chat: bool) -> web.StreamResponse
 
     plan = _Plan(chat=chat, body=body, script=script, model=state.model, t0=t0, idx=idx)
     if state.truth is not None:
-        plan.truth = TruthRecord(idx, t0, plan.stream)
+        plan.truth = TruthRecord(idx, t0, plan.stream, rx if 0 < rx <= t0 else t0)
         if plan.fault:
             plan.truth.status = plan.fault
         state.truth.append(plan.truth)
@@ -624,6 +635,91 @@ async def _stats_reset(request: web.Request) -> web.Response:
     return web.Response(body=b'{"ok":true}', content_type="application/json")
 
 
+# --------------------------------------------------------------------------------------------
+# when each request's bytes were read: the truth log's rx
+
+
+class _RxRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, plus ``rx``: ``perf_counter()`` at the ``data_received``
+    that delivered the current request's first bytes.
+
+    Armed when the connection opens and again when a request's body has been fully received (its
+    payload's end, see :func:`_rx_protocol_factory`); the next read with bytes stamps ``rx`` and
+    disarms, so a body arriving in later reads keeps its request's stamp. Clients here do not
+    pipeline: the first bytes after a request's body begin the next request. The handler reads
+    ``request.protocol.rx``. Cost: one flag test per read, one ``perf_counter()`` per request.
+    """
+
+    __slots__ = ("_rx_armed", "rx")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rx = 0.0
+        self._rx_armed = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._rx_armed and data:  # aiohttp re-feeds b"" itself to resume a paused parser
+            self.rx = time.perf_counter()
+            self._rx_armed = False
+        super().data_received(data)
+
+    def rearm_rx(self) -> None:
+        self._rx_armed = True
+
+
+def _rx_protocol_factory(server: web.Server) -> Callable[[], web.RequestHandler] | None:
+    """A protocol factory for ``server``'s connections making :class:`_RxRequestHandler`s, or
+    None where this aiohttp does not allow it (then ``rx`` falls back to the handler start).
+
+    It builds them as ``web.Server.__call__`` does (``server._loop``, ``server._kwargs``: the same
+    from aiohttp 3.9 to 3.14), probing once here so that a changed signature fails at start-up,
+    not per connection. It also wraps ``server.request_factory`` (copied by each protocol when it
+    is created, so before any connection) to re-arm the stamp when a request's payload ends:
+    ``on_eof`` runs at once for a body already complete or absent.
+    """
+    try:
+        loop, kwargs = server._loop, server._kwargs
+        _RxRequestHandler(server, loop=loop, **kwargs)
+    except (AttributeError, TypeError):
+        return None
+    make_request = server.request_factory
+
+    def request_factory(message: Any, payload: Any, protocol: Any, writer: Any,
+                        task: Any) -> web.BaseRequest:
+        payload.on_eof(protocol.rearm_rx)
+        return make_request(message, payload, protocol, writer, task)
+
+    server.request_factory = request_factory
+
+    def protocol() -> web.RequestHandler:
+        return _RxRequestHandler(server, loop=loop, **kwargs)
+
+    return protocol
+
+
+class _RxSite(web.BaseSite):
+    """``web.TCPSite`` with a protocol factory of our own: aiohttp's sites always use
+    ``runner.server``. Registered with the runner like any site: ``runner.addresses`` lists it
+    and ``runner.cleanup()`` closes it."""
+
+    __slots__ = ("_factory", "_host", "_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int,
+                 factory: Callable[[], web.RequestHandler], *, backlog: int) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._factory = host, port, factory
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self._factory, self._host, self._port, backlog=self._backlog)
+
+
 def make_app(
     script: Script | dict[str, Any] | None = None,
     model: str = DEFAULT_MODEL,
@@ -669,7 +765,10 @@ async def start_in_loop(
         handler_cancellation=True, shutdown_timeout=0.5,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096)
+    assert runner.server is not None
+    factory = _rx_protocol_factory(runner.server)
+    site: web.BaseSite = (web.TCPSite(runner, host, port, backlog=4096) if factory is None
+                          else _RxSite(runner, host, port, factory, backlog=4096))
     await site.start()
     bound_port = runner.addresses[0][1] if runner.addresses else port
     url_host = f"[{host}]" if ":" in host else host
