@@ -351,17 +351,3 @@ def test_big_prompt_is_checked_off_the_loop_while_streams_are_read(scripted_serv
     gaps = np.concatenate([np.diff(rows[s]["token_times"]) for s in ("s0", "s1")])
     assert gaps.max() < 0.25, f"a stream stalled for {gaps.max() * 1e3:.0f} ms"
 
-
-def test_reuse_seen_through_aiohttp_tracing_where_the_pool_is_hidden(tmp_path, monkeypatch
-                                                                     ) -> None:
-    # the fallback for an aiohttp whose connector keeps its pool elsewhere
-    import slobench.client.backends.openai as openai_backend
-
-    monkeypatch.setattr(openai_backend, "_idle_in_pool", lambda session: None)
-    with RawServer(answers=1) as server:
-        rows = drive(server.url, fixed_workload(4, gap_s=0.03, output_tokens=3), tmp_path)
-    assert [r["status"] for r in rows] == ["ok"] * 4
-    assert [r["retries"] for r in rows] == [0, 1, 1, 1]
-    with RawServer(answers=0) as server:
-        rows = drive(server.url, fixed_workload(3, gap_s=0.02, output_tokens=3), tmp_path / "b")
-    assert [(r["status"], r["retries"]) for r in rows] == [("disconnect", 0)] * 3

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pyarrow as pa
 
 from slobench.client.backends.base import Backend
+from slobench.client.http1 import ConnectionPool
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
 from slobench.client.result import RequestResult
@@ -34,7 +34,6 @@ PREPARE_AHEAD = 256  # payloads built ahead of the schedule, in slack time
 BIG_PROMPT_TOKENS = 8192  # prompts from this long are re-tokenized off the event loop
 HEALTH_INTERVAL_S = 0.5
 DRAIN_MARGIN_S = 1.0  # the end-of-run wait beyond the per-request time limit
-STALL_WATCHDOG = hasattr(asyncio, "timeout")  # Python 3.11+
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,6 @@ class Timeouts:
     request_s: float = 600.0  # whole request
     connect_s: float = 10.0
     stall_s: float = 60.0  # longest silence between two reads of a response
-
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        # The stall limit is the runner's watchdog where asyncio has timeouts (3.11+): aiohttp's
-        # sock_read timer is cancelled and re-made on every chunk received, about 8% of the
-        # client's CPU per streamed token.
-        return aiohttp.ClientTimeout(total=self.request_s, sock_connect=self.connect_s,
-                                     sock_read=None if STALL_WATCHDOG else self.stall_s)
 
 
 @dataclass
@@ -147,7 +139,7 @@ class Runner:
         if limit is not None:
             total = limit if total is None else min(total, limit)
         self.progress = Progress(total=total)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
         self._sem = (asyncio.Semaphore(plan.max_concurrency) if plan.max_concurrency else None)
         self.cpu_samples: list[float] = []  # filled while running (see _monitor)
         # rows whose big prompt is being re-tokenized on a thread (see _check_on_thread)
@@ -370,31 +362,43 @@ class Runner:
         return res
 
     async def _send(self, payload: bytes, res: RequestResult) -> None:
-        """``backend.send`` under the stall limit: the request times out when no response bytes
-        have arrived for ``stall_s`` (``res.last_io_s``, kept by the backend). A check every
-        half stall period moves the deadline on, instead of a timer reset per chunk."""
-        if not STALL_WATCHDOG:  # aiohttp's sock_read timer does it (Python 3.10)
-            await self.backend.send(self._session, payload, res, self.clock)  # type: ignore[arg-type]
-            return
+        """``backend.send`` under the request's two limits: the whole request (``request_s``
+        from sending) and the stall limit (no response bytes for ``stall_s``: ``res.last_io_s``,
+        kept by the backend; before the response's headers, the time since sending). One timer
+        per request, set for the nearer deadline and moved on when it finds the stream alive,
+        instead of a timer reset per chunk. At a deadline the task is cancelled and the request
+        recorded as a timeout."""
         loop = asyncio.get_running_loop()
-        stall = self.timeouts.stall_s
+        task = asyncio.current_task()
+        assert task is not None and self._pool is not None
         clock = self.clock
+        stall, whole = self.timeouts.stall_s, self.timeouts.request_s
         start = clock.now()
+        expired: str | None = None
         check: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal check, expired
+            now = clock.now()
+            last = res.last_io_s if res.last_io_s is not None else start
+            left = min(stall - (now - last), whole - (now - start))
+            if left > 0:
+                check = loop.call_later(left, watch)
+                return
+            expired = ("the whole request took longer than its time limit "
+                       f"({whole:g} s)" if now - start >= whole else
+                       f"no data from the server for {stall:g} s (the stall limit)")
+            task.cancel()
+
+        check = loop.call_later(min(stall, whole), watch)
         try:
-            async with asyncio.timeout(stall) as limit:  # type: ignore[attr-defined]
-
-                def move_deadline() -> None:
-                    nonlocal check
-                    last = res.last_io_s if res.last_io_s is not None else start
-                    limit.reschedule(loop.time() + stall - (clock.now() - last))
-                    check = loop.call_later(stall / 2, move_deadline)
-
-                check = loop.call_later(stall / 2, move_deadline)
-                await self.backend.send(self._session, payload, res, self.clock)  # type: ignore[arg-type]
-        except TimeoutError:  # the limit expired: nothing arrived for stall_s
-            res.fail("timeout", f"timed out: no data from the server for {stall:g} s (the stall "
-                     "limit)", clock.now())
+            await self.backend.send(self._pool, payload, res, clock)
+        except asyncio.CancelledError:
+            if expired is None:
+                raise
+            if hasattr(task, "uncancel"):  # 3.11+: this cancellation is handled here
+                task.uncancel()
+            res.fail("timeout", f"timed out: {expired}", clock.now())
         finally:
             if check is not None:
                 check.cancel()
@@ -582,16 +586,14 @@ class Runner:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
         raise_open_file_limit()
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=False)
         samples = self.cpu_samples
         await self._calibrate_poll()
         self.journal.start()
         monitor = loop.create_task(self._monitor(samples))
         try:
-            async with aiohttp.ClientSession(connector=connector,
-                                             timeout=self.timeouts.client_timeout(),
-                                             auto_decompress=False) as session:
-                self._session = session
+            pool = self._pool = ConnectionPool(self.backend.url, self.clock.now,
+                                               connect_timeout_s=self.timeouts.connect_s)
+            try:
                 self._prepare_ahead(0, 0.5)
                 if start_gate is None:
                     self.clock.restart()
@@ -624,6 +626,8 @@ class Runner:
                     t.cancel()
                 if self._tasks:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
+            finally:
+                pool.close()
         finally:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

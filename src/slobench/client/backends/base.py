@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import aiohttp
-
+from slobench.client.http1 import ConnectionPool
 from slobench.client.result import RequestResult
 from slobench.clock import RunClock
 
@@ -22,5 +21,5 @@ class Backend(Protocol):
         """``prompt``: text, or a chat message list (a session's turn with its history)."""
         ...
 
-    async def send(self, session: aiohttp.ClientSession, payload: bytes, result: RequestResult,
+    async def send(self, pool: ConnectionPool, payload: bytes, result: RequestResult,
                    clock: RunClock) -> None: ...

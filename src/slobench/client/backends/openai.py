@@ -15,14 +15,18 @@ import asyncio
 import base64
 import math
 import re
-import weakref
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 
 from slobench.client.backends.presets import EnginePreset
+from slobench.client.http1 import (
+    ConnectionLost,
+    ConnectionPool,
+    HTTPFailure,
+    ResponseSink,
+)
 from slobench.client.result import RequestResult
 from slobench.client.sse import MAX_EVENT_BYTES, SSEError, SSEParser
 from slobench.clock import RunClock
@@ -51,6 +55,7 @@ def normalize_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|cred|session", re.IGNORECASE)
 
 
@@ -73,6 +78,14 @@ def request_headers(url: str, api_key: str | None, headers: dict[str, str] | Non
                     ) -> dict[str, str]:
     """Headers for every request to the target: the API key as a Bearer token; without one,
     credentials written in the URL (user:password@host) as HTTP Basic auth."""
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
+            raise UserError(f"--header: '{name}' is not a valid HTTP header (a name of letters, "
+                            "digits and -, a value without line breaks); fix it")
+        if name.lower() in ("content-length", "transfer-encoding"):
+            raise UserError(f"--header: '{name}' is set by slobench for each request; drop it")
+    if api_key is not None and any(c in api_key for c in "\r\n\0"):
+        raise UserError("--api-key: the key contains a line break; give the key alone")
     out = {"Content-Type": "application/json", **(headers or {})}
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
@@ -125,6 +138,8 @@ class OpenAIBackend:
         self.headers = request_headers(base_url, api_key, headers)
         if stream and preset.close_after_stream:
             self.headers.setdefault("Connection", "close")
+        # the request head up to Content-Length's value, by Host header
+        self._heads: dict[str, bytes] = {}
 
     # -- request -----------------------------------------------------------------------------
 
@@ -158,88 +173,151 @@ class OpenAIBackend:
 
     # -- response ----------------------------------------------------------------------------
 
-    async def send(self, session: aiohttp.ClientSession, payload: bytes, result: RequestResult,
+    def request_bytes(self, pool: ConnectionPool, payload: bytes) -> bytes:
+        """The whole request on the wire: head (built once per pool) and ``payload``."""
+        head = self._heads.get(pool.host_header)
+        if head is None:
+            given = {k.lower() for k in self.headers}
+            lines = [f"POST {urlsplit(self.url).path} HTTP/1.1",
+                     *([f"Host: {pool.host_header}"] if "host" not in given else []),
+                     *(["User-Agent: slobench"] if "user-agent" not in given else []),
+                     *(f"{k}: {v}" for k, v in self.headers.items()), "Content-Length: "]
+            head = self._heads[pool.host_header] = "\r\n".join(lines).encode("utf-8")
+        return b"".join((head, str(len(payload)).encode(), b"\r\n\r\n", payload))
+
+    async def send(self, pool: ConnectionPool, payload: bytes, result: RequestResult,
                    clock: RunClock) -> None:
+        request = self.request_bytes(pool, payload)
+        sink = _StreamSink(self, result) if self.stream else _WholeSink(self, result)
         try:
             result.sent_s = clock.now()
-            async with await self._post(session, payload, result) as resp:
-                result.last_io_s = clock.now()  # the response's headers are in
-                _watch_connection(resp)
-                result.http_status = resp.status
-                if resp.status >= 400:
-                    body = await _read_error_body(resp)
-                    result.fail("http_error", f"HTTP {resp.status}: {body}", clock.now())
-                    return
-                if self.stream:
-                    await self._read_stream(resp, result, clock)
-                else:
-                    await self._read_whole(resp, result, clock)
+            await self._exchange(pool, request, sink, result)
         except asyncio.CancelledError:
+            sink.settle(clock.now())  # what arrived before is measured too
             result.fail("cancelled", "cancelled before completion", clock.now())
             raise
-        except aiohttp.ClientConnectorError as exc:
-            result.fail("connect_error", f"cannot connect to {self.base_url}: {exc.os_error}",
-                        clock.now())
-        except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct types before 3.11
-            # aiohttp names the stall (sock_read) and connect timeouts; a bare one is the total
-            what = str(exc) or "the whole request took longer than its time limit"
-            result.fail("timeout", f"timed out: {what}", clock.now())
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                aiohttp.ClientOSError, ConnectionError) as exc:
-            result.fail("disconnect", f"connection lost: {type(exc).__name__}: {exc}",
-                        clock.now())
-        except (aiohttp.ClientResponseError, aiohttp.http_exceptions.HttpProcessingError) as exc:
-            # the second: a framing error, as aiohttp's pure-Python parser raises it mid-body
-            result.fail("protocol_error", f"bad HTTP response: {exc.message}", clock.now())
-        except aiohttp.ClientError as exc:
-            result.fail("disconnect", f"{type(exc).__name__}: {exc}", clock.now())
+        except HTTPFailure as exc:
+            sink.settle(clock.now())
+            result.fail(exc.status, exc.message, clock.now())
+        else:
+            sink.settle(clock.now())
+            sink.conclude()
         finally:
             if result.error is not None:
                 result.error = _one_line(result.error)
 
-    async def _post(self, session: aiohttp.ClientSession, payload: bytes,
-                    result: RequestResult) -> aiohttp.ClientResponse:
-        """POST ``payload``; the response once its headers are in.
+    async def _exchange(self, pool: ConnectionPool, request: bytes, sink: ResponseSink,
+                        result: RequestResult) -> None:
+        """Send ``request`` and wait for its response.
 
         A server may close an idle keep-alive connection just as the client sends on it (uvicorn
         after 5 s, nginx, llama-server after every stream): the request then fails before any
         response arrives, through no fault of the server's. Only then, when the connection had
-        come from the pool, is the request sent again (``result.retries``); at most
+        served requests before, is the request sent again (``result.retries``); at most
         ``STALE_RETRIES`` times, and never after a failure on a new connection, so a server that
         really drops requests shows as errors. Its time still counts from the scheduled time."""
         while True:
-            attempt = None
-            reused = _idle_in_pool(session)
-            if reused is None:  # an aiohttp that keeps its pool elsewhere: ask its tracing hook
-                if _REUSE_TRACE not in session.trace_configs:
-                    session.trace_configs.append(_REUSE_TRACE)
-                attempt = _Attempt()
+            conn = await pool.acquire()
             try:
-                return await session.post(self.url, data=payload, headers=self.headers,
-                                          trace_request_ctx=attempt)
-            except aiohttp.ClientConnectorError:  # could not connect: nothing to retry
-                raise
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt is not None:
-                    reused = attempt.reused
-                partial = (isinstance(exc, aiohttp.ServerDisconnectedError)
-                           and not isinstance(exc.message, str))  # part of a response came
-                if not reused or partial or result.retries >= STALE_RETRIES:
+                await conn.exchange(request, sink)
+                return
+            except ConnectionLost as exc:
+                if not (exc.before_response and conn.served) or result.retries >= STALE_RETRIES:
                     raise
                 result.retries += 1
 
-    async def _read_whole(self, resp: aiohttp.ClientResponse, result: RequestResult,
-                          clock: RunClock) -> None:
-        raw = await _read_capped(resp.content, MAX_EVENT_BYTES)
-        now = clock.now()
-        if raw is None:
+
+class _Sink:
+    """One response, as the connection delivers it (see ``http1.ResponseSink``). An error
+    status (3xx and up: redirects are not followed) keeps the first read of the body as the
+    error's text."""
+
+    __slots__ = ("_error_body", "_error_status", "end_s", "result")
+
+    def __init__(self, result: RequestResult) -> None:
+        self.result = result
+        self._error_status = 0
+        self._error_body: bytes | None = None
+        self.end_s: float | None = None  # when the response was complete (the last read)
+
+    def on_headers(self, status: int, now: float) -> None:
+        result = self.result
+        result.last_io_s = now
+        result.http_status = status
+        if status >= 300:
+            self._error_status = status
+
+    def on_body(self, data: bytes, now: float) -> bool:
+        self.result.last_io_s = now
+        if self._error_status:
+            self._error_body = data[:2048]
+            self.end_s = now
+            return True
+        return self.body(data, now)
+
+    def on_end(self, now: float) -> None:
+        if self.end_s is None:
+            self.end_s = now
+        if not self._error_status:
+            self.end(now)
+
+    def body(self, data: bytes, now: float) -> bool:
+        raise NotImplementedError
+
+    def end(self, now: float) -> None:
+        raise NotImplementedError
+
+    def settle(self, now: float) -> None:
+        """Fill the result's measurements from what arrived (also after a failure)."""
+        self.result.done_s = self.end_s if self.end_s is not None else now
+
+    def conclude(self) -> None:
+        """The response is complete: its status."""
+        if self._error_status:
+            status = self._error_status
+            text = _error_text(self._error_body)
+            if 300 <= status < 400:
+                text += " (redirects are not followed: give the final URL as the target)"
+            self.result.fail("http_error", f"HTTP {status}: {text}", self.result.done_s or 0.0)
+
+
+class _WholeSink(_Sink):
+    """A non-streamed answer: one JSON body, bounded by ``MAX_EVENT_BYTES``."""
+
+    __slots__ = ("_buf", "_chat", "_overflow")
+
+    def __init__(self, backend: OpenAIBackend, result: RequestResult) -> None:
+        super().__init__(result)
+        self._chat = backend.endpoint == "chat"
+        self._buf = bytearray()
+        self._overflow = False
+
+    def body(self, data: bytes, now: float) -> bool:
+        self._buf += data
+        if len(self._buf) > MAX_EVENT_BYTES:
+            self._overflow = True
+            self.end_s = now
+            return True
+        return False
+
+    def end(self, now: float) -> None:
+        pass
+
+    def conclude(self) -> None:
+        result = self.result
+        now = result.done_s or 0.0
+        if self._error_status:
+            super().conclude()
+            return
+        if self._overflow:
             result.fail("protocol_error",
                         f"response body longer than {MAX_EVENT_BYTES >> 20} MiB (the limit)", now)
             return
+        raw = bytes(self._buf)
         try:
             obj = orjson.loads(raw)
             choice = obj["choices"][0]
-            if self.endpoint == "chat":
+            if self._chat:
                 msg = choice.get("message") or {}
                 text = msg.get("content") or ""
             else:
@@ -247,7 +325,6 @@ class OpenAIBackend:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
             result.fail("protocol_error", f"unparseable response body: {exc}: {raw[:200]!r}", now)
             return
-        result.done_s = now
         if result.answer is not None:
             result.answer.append(text)
         result.first_token_s = now  # TTFT equals E2E without streaming (an upper bound)
@@ -262,223 +339,182 @@ class OpenAIBackend:
         result.cached_tokens = _cached_from_usage(usage)
         result.status = "ok"
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, result: RequestResult,
-                           clock: RunClock) -> None:
-        parser = SSEParser()
-        chat = self.endpoint == "chat"
-        # per chunk: arrival time, answer chars, reasoning chars, cumulative completion_tokens
-        times: list[float] = []
-        answer_chars: list[int] = []
-        reasoning_chars: list[int] = []
-        cumulative: list[int | None] = []
-        final_usage: dict[str, Any] | None = None
-        saw_done = saw_finish = False
-        failure: tuple[str, str] | None = None
-        keep = result.answer
-        reasoning_fields = self.preset.reasoning_fields
 
-        def handle(events: list[bytes], now: float) -> bool:
-            """Returns True when the stream is over (DONE, or a fatal problem)."""
-            nonlocal final_usage, saw_done, saw_finish, failure
-            for data in events:
-                if data == b"[DONE]":
-                    saw_done = True
-                    return True
-                try:
-                    obj = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    failure = ("protocol_error", f"malformed SSE data: {data[:120]!r}")
-                    return True
-                if not isinstance(obj, dict):
-                    failure = ("protocol_error", f"SSE data is not an object: {data[:120]!r}")
-                    return True
-                if obj.get("error") and not obj.get("choices"):
-                    err = obj["error"]
-                    msg = err.get("message", err) if isinstance(err, dict) else err
-                    failure = ("http_error", f"error in stream: {msg}")
-                    return True
-                usage = obj.get("usage")
-                a_len = r_len = 0
-                for ch in obj.get("choices") or ():
-                    if chat:
-                        delta = ch.get("delta") or {}
-                        text = delta.get("content")
-                        for name in reasoning_fields:
-                            reasoning = delta.get(name)
-                            if reasoning:
-                                r_len += len(reasoning)
-                    else:
-                        text = ch.get("text")
-                    if text:
-                        a_len += len(text)
-                        if keep is not None:
-                            keep.append(text)
-                    if ch.get("finish_reason"):
-                        saw_finish = True
-                cum = usage.get("completion_tokens") if isinstance(usage, dict) else None
-                if isinstance(usage, dict):
-                    final_usage = usage
-                if a_len or r_len or cum is not None:
-                    times.append(now)
-                    answer_chars.append(a_len)
-                    reasoning_chars.append(r_len)
-                    cumulative.append(cum if isinstance(cum, int) else None)
-            return False
+class _StreamSink(_Sink):
+    """A streamed answer: SSE events parsed as they arrive, per chunk its arrival time, answer
+    and reasoning characters, and cumulative completion_tokens; tokens counted at the end."""
 
-        content = resp.content
-        over = False
+    __slots__ = ("_answer_chars", "_chat", "_cumulative", "_failure", "_final_usage", "_keep",
+                 "_parser", "_reasoning_chars", "_reasoning_fields", "_saw_done", "_saw_finish",
+                 "_times")
+
+    def __init__(self, backend: OpenAIBackend, result: RequestResult) -> None:
+        super().__init__(result)
+        self._parser = SSEParser()
+        self._chat = backend.endpoint == "chat"
+        self._reasoning_fields = backend.preset.reasoning_fields
+        self._keep = result.answer
+        self._times: list[float] = []
+        self._answer_chars: list[int] = []
+        self._reasoning_chars: list[int] = []
+        self._cumulative: list[int | None] = []
+        self._final_usage: dict[str, Any] | None = None
+        self._saw_done = self._saw_finish = False
+        self._failure: tuple[str, str] | None = None
+
+    def on_body(self, data: bytes, now: float) -> bool:  # the hot path: one call per read
+        self.result.last_io_s = now
+        if self._error_status:
+            return super().on_body(data, now)
         try:
-            while not over:
-                chunk = await content.readany()
-                now = result.last_io_s = clock.now()
-                if not chunk:
-                    over = handle(parser.close(), now)
-                    break
-                over = handle(parser.feed(chunk), now)
+            events = self._parser.feed(data)
         except SSEError as exc:  # a line without end: stop reading rather than buffer it all
-            failure = ("protocol_error", str(exc))
-        finally:  # tokens that arrived before a failure are measured too
-            result.done_s = clock.now()
-            self._count_tokens(result, times, answer_chars, reasoning_chars, cumulative,
-                               final_usage)
-        if failure:
-            result.status, result.error = failure[0], failure[1][:500]
-        elif not saw_done and not saw_finish:
+            self._failure = ("protocol_error", str(exc))
+            self.end_s = now
+            return True
+        if events and self._handle(events, now):
+            self.end_s = now
+            return True
+        return False
+
+    def end(self, now: float) -> None:
+        if self._failure is None and not self._saw_done:
+            try:
+                events = self._parser.close()
+            except SSEError as exc:
+                self._failure = ("protocol_error", str(exc))
+                return
+            self._handle(events, now)
+
+    def _handle(self, events: list[bytes], now: float) -> bool:
+        """Returns True when the stream is over (DONE, or a fatal problem)."""
+        chat = self._chat
+        keep = self._keep
+        for data in events:
+            if data == b"[DONE]":
+                self._saw_done = True
+                return True
+            try:
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                self._failure = ("protocol_error", f"malformed SSE data: {data[:120]!r}")
+                return True
+            if not isinstance(obj, dict):
+                self._failure = ("protocol_error", f"SSE data is not an object: {data[:120]!r}")
+                return True
+            if obj.get("error") and not obj.get("choices"):
+                err = obj["error"]
+                msg = err.get("message", err) if isinstance(err, dict) else err
+                self._failure = ("http_error", f"error in stream: {msg}")
+                return True
+            usage = obj.get("usage")
+            a_len = r_len = 0
+            for ch in obj.get("choices") or ():
+                if chat:
+                    delta = ch.get("delta") or {}
+                    text = delta.get("content")
+                    for name in self._reasoning_fields:
+                        reasoning = delta.get(name)
+                        if reasoning:
+                            r_len += len(reasoning)
+                else:
+                    text = ch.get("text")
+                if text:
+                    a_len += len(text)
+                    if keep is not None:
+                        keep.append(text)
+                if ch.get("finish_reason"):
+                    self._saw_finish = True
+            cum = usage.get("completion_tokens") if isinstance(usage, dict) else None
+            if isinstance(usage, dict):
+                self._final_usage = usage
+            if a_len or r_len or cum is not None:
+                self._times.append(now)
+                self._answer_chars.append(a_len)
+                self._reasoning_chars.append(r_len)
+                self._cumulative.append(cum if isinstance(cum, int) else None)
+        return False
+
+    def settle(self, now: float) -> None:
+        super().settle(now)
+        if not self._error_status:
+            _count_tokens(self.result, self._times, self._answer_chars, self._reasoning_chars,
+                          self._cumulative, self._final_usage)
+
+    def conclude(self) -> None:
+        result = self.result
+        if self._error_status:
+            super().conclude()
+        elif self._failure:
+            result.status, result.error = self._failure[0], self._failure[1][:500]
+        elif not self._saw_done and not self._saw_finish:
             result.status, result.error = "disconnect", "stream ended before [DONE]"
         else:
             result.status = "ok"
 
-    @staticmethod
-    def _count_tokens(result: RequestResult, times: list[float], answer_chars: list[int],
-                      reasoning_chars: list[int], cumulative: list[int | None],
-                      final_usage: dict[str, Any] | None) -> None:
-        n = len(times)
-        weights = [a + r for a, r in zip(answer_chars, reasoning_chars, strict=True)]
-        n_text = n - weights.count(0)
-        usage = final_usage or {}
-        usage_reasoning = _reasoning_from_usage(usage)
-        total_usage = usage.get("completion_tokens")
-        per_chunk: list[int] | None  # None: one token per text chunk
-        # usage on every text chunk, and not just one final block => exact per-chunk deltas
-        if n_text and n > 1 and all(c is not None for c, w in zip(cumulative, weights,
-                                                                    strict=True) if w):
-            per_chunk, prev = [], 0
-            for c in cumulative:
-                c = prev if c is None else c
-                per_chunk.append(max(c - prev, 0))
-                prev = max(prev, c)
-            source = "usage_deltas"
-        elif isinstance(total_usage, int):
-            per_chunk = None  # the usage confirms one token per text chunk, unless:
-            if total_usage != n_text:
-                text_chunks = [i for i in range(n) if weights[i]]
-                per_chunk = [0] * n
-                counts = spread(total_usage, [weights[i] for i in text_chunks])
-                for i, k in zip(text_chunks, counts, strict=True):
-                    per_chunk[i] = k
-            source = "final_usage_spread"
-        else:
-            per_chunk = None
-            source = "chunks" if n_text else "none"
-        if per_chunk is None:  # one token per text chunk: no per-token list to build
-            token_times = (times if n_text == n
-                           else [t for t, w in zip(times, weights, strict=True) if w])
-            per_chunk = [1 if w else 0 for w in weights] if n_text != n else None
-        else:
-            token_times = []
-            for t, k in zip(times, per_chunk, strict=True):
-                if k == 1:
-                    token_times.append(t)
-                elif k:
-                    token_times.extend([t] * k)
-        first_token = first_answer = None
-        reasoning = 0
-        if token_times:
-            first_token = token_times[0]
-            counted = per_chunk or [1] * n
-            first_answer = next((times[i] for i in range(n) if answer_chars[i] and counted[i]),
-                                None)
-            if any(reasoning_chars):
-                for k, a, r in zip(counted, answer_chars, reasoning_chars, strict=True):
-                    if k and r:
-                        reasoning += k if not a else round(k * r / (a + r))
-        result.token_times = token_times
-        result.output_tokens = len(token_times)
-        result.reasoning_tokens = usage_reasoning if usage_reasoning is not None else reasoning
-        result.first_token_s = first_token
-        result.first_answer_s = first_answer
-        result.token_count_source = source
-        if final_usage and isinstance(final_usage.get("prompt_tokens"), int):
-            result.input_tokens = final_usage["prompt_tokens"]
-        result.cached_tokens = _cached_from_usage(final_usage or {})
 
-
-def _idle_in_pool(session: aiohttp.ClientSession) -> bool | None:
-    """Whether the session's pool holds an idle connection, which aiohttp hands out before it
-    opens a new one (a session serves one target); None where the pool cannot be seen. This
-    looks at the connector's pool directly because the tracing hook that says the same costs
-    ~15 µs per request (10% of the client's per-request CPU, measured)."""
-    conns = getattr(session.connector, "_conns", None)
-    return any(conns.values()) if isinstance(conns, dict) else None
-
-
-class _Attempt:
-    """One try of a request, as the tracing hook sees it."""
-
-    __slots__ = ("reused",)
-
-    def __init__(self) -> None:
-        self.reused = False
-
-
-async def _on_reuse(session: aiohttp.ClientSession, ctx: Any,
-                    params: aiohttp.TraceConnectionReuseconnParams) -> None:
-    attempt = ctx.trace_request_ctx
-    if isinstance(attempt, _Attempt):
-        attempt.reused = True
-
-
-def _reuse_trace() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(_on_reuse)
-    trace.freeze()
-    return trace
-
-
-_REUSE_TRACE = _reuse_trace()
-
-
-# aiohttp's C parser drops the body reader of a response whose framing turns bad mid-body (a
-# chunk-size line that is not hexadecimal, in a read after the headers): it closes the connection
-# but never tells the reader, which then waits for the whole-request timeout (the pure-Python
-# parser raises). So each connection's loss fails the body its latest response is still reading.
-_READING: weakref.WeakKeyDictionary[Any, aiohttp.ClientResponse] = weakref.WeakKeyDictionary()
-
-
-def _watch_connection(resp: aiohttp.ClientResponse) -> None:
-    conn = resp.connection
-    proto = conn.protocol if conn is not None else None
-    if proto is None:
-        return
-    if proto not in _READING:  # the first response on this connection
-        closed = getattr(proto, "closed", None)
-        if not isinstance(closed, asyncio.Future):  # already lost, or an unknown aiohttp
-            return
-        closed.add_done_callback(lambda fut, ref=weakref.ref(proto): _connection_lost(ref, fut))
-    _READING[proto] = resp
-
-
-def _connection_lost(proto_ref: weakref.ref[Any], closed: asyncio.Future[None]) -> None:
-    if not closed.cancelled():
-        closed.exception()  # looked at: asyncio does not log it as never retrieved
-    proto = proto_ref()
-    resp = _READING.pop(proto, None) if proto is not None else None
-    if resp is None or resp.content.is_eof() or resp.content.exception() is not None:
-        return  # read to the end, or aiohttp told the reader itself
-    cause = proto.exception() if hasattr(proto, "exception") else None
-    message = getattr(cause, "message", None) or "connection closed in the middle of the body"
-    resp.content.set_exception(aiohttp.ClientResponseError(
-        resp.request_info, resp.history, status=resp.status, message=str(message)))
+def _count_tokens(result: RequestResult, times: list[float], answer_chars: list[int],
+                  reasoning_chars: list[int], cumulative: list[int | None],
+                  final_usage: dict[str, Any] | None) -> None:
+    n = len(times)
+    weights = [a + r for a, r in zip(answer_chars, reasoning_chars, strict=True)]
+    n_text = n - weights.count(0)
+    usage = final_usage or {}
+    usage_reasoning = _reasoning_from_usage(usage)
+    total_usage = usage.get("completion_tokens")
+    per_chunk: list[int] | None  # None: one token per text chunk
+    # usage on every text chunk, and not just one final block => exact per-chunk deltas
+    if n_text and n > 1 and all(c is not None for c, w in zip(cumulative, weights,
+                                                                strict=True) if w):
+        per_chunk, prev = [], 0
+        for c in cumulative:
+            c = prev if c is None else c
+            per_chunk.append(max(c - prev, 0))
+            prev = max(prev, c)
+        source = "usage_deltas"
+    elif isinstance(total_usage, int):
+        per_chunk = None  # the usage confirms one token per text chunk, unless:
+        if total_usage != n_text:
+            text_chunks = [i for i in range(n) if weights[i]]
+            per_chunk = [0] * n
+            counts = spread(total_usage, [weights[i] for i in text_chunks])
+            for i, k in zip(text_chunks, counts, strict=True):
+                per_chunk[i] = k
+        source = "final_usage_spread"
+    else:
+        per_chunk = None
+        source = "chunks" if n_text else "none"
+    if per_chunk is None:  # one token per text chunk: no per-token list to build
+        token_times = (times if n_text == n
+                       else [t for t, w in zip(times, weights, strict=True) if w])
+        per_chunk = [1 if w else 0 for w in weights] if n_text != n else None
+    else:
+        token_times = []
+        for t, k in zip(times, per_chunk, strict=True):
+            if k == 1:
+                token_times.append(t)
+            elif k:
+                token_times.extend([t] * k)
+    first_token = first_answer = None
+    reasoning = 0
+    if token_times:
+        first_token = token_times[0]
+        counted = per_chunk or [1] * n
+        first_answer = next((times[i] for i in range(n) if answer_chars[i] and counted[i]),
+                            None)
+        if any(reasoning_chars):
+            for k, a, r in zip(counted, answer_chars, reasoning_chars, strict=True):
+                if k and r:
+                    reasoning += k if not a else round(k * r / (a + r))
+    result.token_times = token_times
+    result.output_tokens = len(token_times)
+    result.reasoning_tokens = usage_reasoning if usage_reasoning is not None else reasoning
+    result.first_token_s = first_token
+    result.first_answer_s = first_answer
+    result.token_count_source = source
+    if final_usage and isinstance(final_usage.get("prompt_tokens"), int):
+        result.input_tokens = final_usage["prompt_tokens"]
+    result.cached_tokens = _cached_from_usage(final_usage or {})
 
 
 def _cached_from_usage(usage: dict[str, Any]) -> int | None:
@@ -502,20 +538,10 @@ def _one_line(error: str) -> str:
     return " ".join(error.split()) if "\n" in error or "\r" in error else error
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it passes ``limit`` bytes (memory stays bounded)."""
-    buf = bytearray()
-    while chunk := await content.readany():
-        buf += chunk
-        if len(buf) > limit:
-            return None
-    return bytes(buf)
-
-
-async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
-    try:
-        raw = await asyncio.wait_for(resp.content.read(2048), timeout=2.0)
-    except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError):
+def _error_text(raw: bytes | None) -> str:
+    """The message of an error response's body (its first read): an OpenAI-style
+    ``{"error": {"message"}}`` or ``{"error": "..."}``, else the text itself."""
+    if not raw:
         return "(no body)"
     text = raw.decode("utf-8", "replace").strip().replace("\n", " ")
     try:
@@ -526,4 +552,4 @@ async def _read_error_body(resp: aiohttp.ClientResponse) -> str:
             text = obj["error"]
     except orjson.JSONDecodeError:
         pass
-    return text[:300]
+    return str(text)[:300]
