@@ -471,6 +471,8 @@ class Runner:
         return i, (f"~{self._cycle}" if self._cycle else "")
 
     async def _user(self, start_at: float) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         await self._sleep_until(start_at)
         while not self._stop.is_set():
             scheduled = self.clock.now()
@@ -486,23 +488,27 @@ class Runner:
                 payload, sent = self._turn_payload(i, None, suffix)
             while True:  # the session's turns, one after another
                 j = self._next_turn[i]
-                task = asyncio.get_running_loop().create_task(
-                    self._execute(i, scheduled, suffix, payload=payload, keep_answer=j >= 0))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # sent from this task, not a new one: a task's first step waits a whole loop
+                # iteration (every stream's reads first), which would count as send lag. While
+                # the request is out, this task is what a stop cancels.
+                self._tasks.add(me)
+                try:
+                    res = await self._execute(i, scheduled, suffix, payload=payload,
+                                              keep_answer=j >= 0)
+                except asyncio.CancelledError:
+                    return
+                finally:
+                    self._tasks.discard(me)
                 if j < 0:
                     break
-                if task.cancelled() or task.exception() is not None:
+                if res.status == "cancelled":
                     return
                 think = self.plan.think_s if self.plan.think_s is not None else self._think[j]
                 t = self.clock.now() + think
                 if not self._may_send(t):
                     return
                 # built during the think time: only what runs past the send time shows as lag
-                payload, sent = self._turn_payload(j, self._with_answer(sent, task.result()),
-                                                   suffix)
+                payload, sent = self._turn_payload(j, self._with_answer(sent, res), suffix)
                 await self._sleep_until(t)
                 scheduled = t
                 if not self._may_send(scheduled):
@@ -523,10 +529,14 @@ class Runner:
             starts = [0.0] * self.plan.users
         users = [asyncio.get_running_loop().create_task(self._user(s)) for s in starts]
         try:
-            await asyncio.gather(*users)
+            # a user cancelled by a stop just as its request ended is no failure of the run
+            outcomes = await asyncio.gather(*users, return_exceptions=True)
         finally:
             for u in users:
                 u.cancel()
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
 
     # -- health and progress -----------------------------------------------------------------
 
