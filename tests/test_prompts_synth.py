@@ -182,3 +182,20 @@ def test_follow_up_keeps_history_and_hits_the_count(hf, corpus, chat):
     # shorter than the history: one-token message, counted as a miss
     s.follow_up("s0.t2", 10, history)
     assert s.stats.missed == 1
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("which", ["hf", "builtin"])
+def test_follow_up_off_the_loop_is_the_same_turn(hf, corpus, chat, which):
+    # the client sizes long follow-ups on a thread with counts that release the GIL (HF batch
+    # call, built-in in slices): the turn must be exactly the one sized on the loop
+    tok = hf if which == "hf" else BuiltinTokenizer()
+    s = PromptSynthesizer(tok, corpus, block_tokens=64, nonce="t", chat=chat)
+    first = s.text("s0.t0", 12_000, ())  # longer than one 32k-character slice
+    history = ([{"role": "user", "content": first}, {"role": "assistant", "content": "ok"}]
+               if chat else first + " ok")
+    on_loop = s.follow_up("s0.t1", 13_000, history)
+    off_loop = s.follow_up("s0.t1", 13_000, history, off_loop=True)
+    assert off_loop == on_loop
+    count = tok.count_chat(off_loop) if chat else tok.count(off_loop)
+    assert count == 13_000 and s.stats.missed == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -229,8 +230,18 @@ class Runner:
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def _turn_payload(self, i: int, history: list[dict[str, str]] | str | None, suffix: str
-                      ) -> tuple[bytes, list[dict[str, str]] | str]:
+    async def _follow_up_payload(self, i: int, history: list[dict[str, str]] | str,
+                                 suffix: str) -> tuple[bytes, list[dict[str, str]] | str]:
+        """:meth:`_turn_payload` of a follow-up; one of ``BIG_PROMPT_TOKENS`` or more (its
+        whole history re-tokenized: 0.5 s for 120k tokens with a HF tokenizer) is built on a
+        thread, so the streams being read meanwhile do not stall."""
+        if self._inputs[i] < BIG_PROMPT_TOKENS or self._prompts[i] is not None:
+            return self._turn_payload(i, history, suffix)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._turn_payload, i, history, suffix, off_loop=True))
+
+    def _turn_payload(self, i: int, history: list[dict[str, str]] | str | None, suffix: str,
+                      *, off_loop: bool = False) -> tuple[bytes, list[dict[str, str]] | str]:
         """Payload of row ``i`` of a session, and what it sends (the history of the next
         turn): a first turn stands alone; a follow-up carries the earlier prompts and the
         server's actual answers plus a new message, sized to the row's input_tokens."""
@@ -250,7 +261,7 @@ class Runner:
         else:  # the images of the whole history count; only new ones are attached below
             cost = self.images.cost(images) if images else 0  # type: ignore[union-attr]
             sent = self.synthesizer.follow_up(self._ids[i] + suffix, self._inputs[i] - cost,
-                                              history)
+                                              history, off_loop=off_loop)
         if images and isinstance(sent, list):
             new = images[_count_images(history):]
             if new:
@@ -430,7 +441,7 @@ class Runner:
             if not self._may_send(t):
                 return
             # built during the think time: only what runs past the send time shows as lag
-            payload, sent = self._turn_payload(j, self._with_answer(sent, res), "")
+            payload, sent = await self._follow_up_payload(j, self._with_answer(sent, res), "")
             await self._sleep_until(t)
             if not self._may_send(t):
                 return
@@ -508,7 +519,8 @@ class Runner:
                 if not self._may_send(t):
                     return
                 # built during the think time: only what runs past the send time shows as lag
-                payload, sent = self._turn_payload(j, self._with_answer(sent, res), suffix)
+                payload, sent = await self._follow_up_payload(
+                    j, self._with_answer(sent, res), suffix)
                 await self._sleep_until(t)
                 scheduled = t
                 if not self._may_send(scheduled):

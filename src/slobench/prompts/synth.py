@@ -277,27 +277,56 @@ class PromptSynthesizer:
         return tok.count_batch([text], special=True)[0]
 
     def follow_up(self, request_id: str, n_tokens: int,
-                  history: list[dict[str, str]] | str) -> list[dict[str, str]] | str:
+                  history: list[dict[str, str]] | str, *, off_loop: bool = False
+                  ) -> list[dict[str, str]] | str:
         """A session's next turn: ``history`` (the earlier messages and the server's actual
         answers; for completions, that text) plus a new user message sized so the whole
         request is ``n_tokens`` tokens. When the history alone is already longer, the new
-        message is one token and the miss is counted in ``stats``."""
+        message is one token and the miss is counted in ``stats``.
+
+        ``off_loop``: called on a worker thread (the client does so for long histories); the
+        built-in and HF tokenizers then count in ways that let the event loop's thread run."""
         probe = self.body(request_id + "~probe", 8)
+        tok = self.tokenizer
+        count_text, count_chat = self._counters(off_loop)
         if isinstance(history, str):
             def render(msg: str) -> str:
                 return history + "\n" + msg  # type: ignore[operator]
 
             def count(msg: str) -> int:
-                return self.tokenizer.count(render(msg), special=True)
+                return count_text(render(msg), True)
         else:
             def render(msg: str) -> list[dict[str, str]]:  # type: ignore[misc]
                 return [*history, {"role": "user", "content": msg}]  # type: ignore[misc]
 
             def count(msg: str) -> int:  # images are counted by the caller
-                return self.tokenizer.count_chat(_text_only(render(msg)))  # type: ignore[arg-type]
-        fixed = count(probe) - self.tokenizer.count(probe, special=False)
+                return count_chat(_text_only(render(msg)))  # type: ignore[arg-type]
+        fixed = count(probe) - tok.count(probe, special=False)
         msg = self.body(request_id, int(n_tokens) - fixed)
         return render(self._fit(request_id, msg, max(int(n_tokens), 1), count))
+
+    def _counters(self, off_loop: bool) -> tuple[Callable[[str, bool], int],
+                                                 Callable[[list[dict[str, Any]]], int]]:
+        """(count of a text, with or without special tokens; count of chat messages). Off the
+        loop, the built-in and HF tokenizers count in ways that let other threads run: slices,
+        and the HF batch call, which releases the GIL (``encode`` does not)."""
+        tok = self.tokenizer
+        if off_loop and isinstance(tok, HFTokenizer):
+            def text_count(text: str, special: bool) -> int:
+                return tok.count_batch([text], special=special)[0]
+        elif off_loop and isinstance(tok, BuiltinTokenizer):
+            def text_count(text: str, special: bool) -> int:
+                return _sliced_count(text) if len(text) > _SLICE_CHARS else tok.count(text)
+        else:
+            def text_count(text: str, special: bool) -> int:
+                return tok.count(text, special=special)
+
+            return text_count, tok.count_chat
+
+        def chat_count(messages: list[dict[str, Any]]) -> int:
+            return text_count(tok.render_chat(messages), False)
+
+        return text_count, chat_count
 
     def _fit(self, request_id: str, text: str, want: int, count: Callable[[str], int],
              tries: int = 4) -> str:
