@@ -123,6 +123,9 @@ class Connection(asyncio.Protocol):
         self._draining = False
         self._drained = 0
         self._drain_timer: asyncio.TimerHandle | None = None
+        # body pieces parsed from the read at hand (one per HTTP chunk), handed to the sink
+        # together: one SSE parse per network read, however many chunks it carried
+        self._pieces: list[bytes] = []
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -151,8 +154,11 @@ class Connection(asyncio.Protocol):
             self._fail(BadResponse("bad HTTP response: the server switched protocols"))
             return
         except httptools.HttpParserError as exc:
+            self._pieces.clear()
             self._fail(BadResponse(f"bad HTTP response: {exc}"))
             return
+        if self._pieces:
+            self._deliver()
         if in_head and not self._headers_done:  # (a read that ends the head may carry body)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADER_BYTES:
@@ -202,12 +208,20 @@ class Connection(asyncio.Protocol):
             self._sink.on_headers(status, self._t)
 
     def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+
+    def _deliver(self) -> None:
+        pieces = self._pieces
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
         sink = self._sink
         if sink is not None and sink.on_body(body, self._t):
             self._finish()
             self._start_drain()
 
     def on_message_complete(self) -> None:
+        if self._pieces:
+            self._deliver()
         if self._interim:
             self._interim = False
             self._head_bytes = 0
