@@ -356,9 +356,9 @@ def test_big_prompt_is_checked_off_the_loop_while_streams_are_read(scripted_serv
 def test_big_session_follow_up_is_sized_off_the_loop(scripted_server, tmp_path) -> None:
     """A session's follow-up carrying a 1M-token history: sizing its new message means
     re-tokenizing the whole history (0.3 s with the built-in tokenizer at this size, measured;
-    0.5 s for 120k tokens with a HF one), which runs on a thread; streams read meanwhile keep
-    flowing (worst gap 0.34 s with the sizing on the loop, 0.08 s on the thread: mostly the
-    scripted server itself taking in the 5 MB request)."""
+    0.5 s for 120k tokens with a HF one), which runs on a thread, so the client's event loop
+    keeps turning (a ticker on it is never held up near that long). The loop itself is watched,
+    not the streams: the scripted server taking in a 5 MB request stalls its own streams."""
     import numpy as np
     import pyarrow as pa
 
@@ -377,14 +377,24 @@ def test_big_session_follow_up_is_sized_off_the_loop(scripted_server, tmp_path) 
     backend = OpenAIBackend(url, model="m", preset=get_preset("generic"))
     runner = Runner(wl, backend, LoadPlan(), journal=Journal(tmp_path / "j.jsonl"),
                     clock=RunClock(), timeouts=FAST, synthesizer=synth)
+
+    async def run_and_tick() -> list[float]:
+        ticks: list[float] = []
+        run = asyncio.ensure_future(runner.run(drain_timeout_s=20))
+        while not run.done():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            ticks.append(time.perf_counter() - t)
+        await run
+        return ticks
+
     loop = new_event_loop()
     try:
-        loop.run_until_complete(runner.run(drain_timeout_s=20))
+        ticks = loop.run_until_complete(run_and_tick())
     finally:
         loop.close()
     rows = {r["request_id"]: r for r in read_journal(tmp_path / "j.jsonl")[0].to_pylist()}
     assert all(r["status"] == "ok" for r in rows.values()), rows
     assert rows["big-2"]["sent_s"] < rows["s0"]["done_s"]  # it was built while s0 streamed
     assert synth.stats.missed == 0  # sized exactly, on the thread
-    gaps = np.concatenate([np.diff(rows[s]["token_times"]) for s in ("s0", "s1")])
-    assert gaps.max() < 0.2, f"a stream stalled for {gaps.max() * 1e3:.0f} ms"
+    assert max(ticks) < 0.15, f"the client's loop stalled for {max(ticks) * 1e3:.0f} ms"

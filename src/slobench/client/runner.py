@@ -162,10 +162,10 @@ class Runner:
         return payload
 
     def _is_big(self, i: int) -> bool:
-        """A standalone row whose synthesized text prompt is long enough that re-tokenizing it
-        would stall the streams being read (0.5 s for 120k tokens with a HF tokenizer)."""
+        """A row sent on its own (a lone request or a session's first turn) whose synthesized
+        text prompt is long enough that re-tokenizing it would stall the streams being read
+        (0.5 s for 120k tokens with a HF tokenizer)."""
         return (self._inputs[i] >= BIG_PROMPT_TOKENS and self._prompts[i] is None
-                and self._next_turn[i] < 0
                 and self._image_offsets[i + 1] == self._image_offsets[i])
 
     def _check_on_thread(self, i: int) -> None:
@@ -189,8 +189,10 @@ class Runner:
             del checks[i]
             if done.cancelled() or done.exception() is not None:
                 return  # _payload builds it at send time
-            self._payloads[i] = self.backend.prepare(done.result(),
-                                                     max(int(self._outputs[i]), 1))
+            text = done.result()
+            self._payloads[i] = self.backend.prepare(text, max(int(self._outputs[i]), 1))
+            if self._next_turn[i] >= 0:  # a session's first turn: the next turn's history
+                self._first_prompts[i] = text
 
         future.add_done_callback(checked)
 
@@ -248,6 +250,8 @@ class Runner:
         if history is None:
             prompt = None if suffix else self._first_prompts.pop(i, None)
             payload = None if suffix else self._payloads.pop(i, None)
+            if self._big_checks and not suffix:
+                self._big_checks.pop(i, None)  # a check still running is not waited for
             if prompt is None or payload is None:
                 prompt = self._prompt(i, check=False, suffix=suffix)
                 payload = self.backend.prepare(prompt, max(int(self._outputs[i]), 1))

@@ -372,7 +372,10 @@ def _sliced_count(text: str) -> int:
         end = n if cut < 0 else cut
         total += _BUILTIN.count(text[start:end])
         start = end
-        time.sleep(0)  # hand the GIL over
+        # hand the GIL over: a real sleep, since after sleep(0) this thread can take the GIL
+        # back before the loop's thread is scheduled (measured on a busy machine, Python
+        # 3.10: the loop held up 0.36 s by a 1M-token count; 6-9 ms with this)
+        time.sleep(0.0001)
     return total
 
 
