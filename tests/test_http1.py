@@ -61,6 +61,7 @@ class RawServer:
         self.close_after = close_after
         self.connections = 0
         self.requests = 0
+        self.heads: list[bytes] = []
 
     async def __aenter__(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -75,6 +76,7 @@ class RawServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
                 n = self.requests
@@ -273,5 +275,49 @@ def test_tls(tmp_path: Path) -> None:
                 await strict.acquire()
         finally:
             await runner.cleanup()
+
+    run(main())
+
+
+def test_backend_request_line_headers_and_query() -> None:
+    """What the OpenAI backend writes: the target URL's path prefix and query on the request
+    line, one Host (the user's wins), slobench's own Content-Length, then the JSON body."""
+    from slobench.client.backends.openai import OpenAIBackend
+    from slobench.client.backends.presets import get_preset
+    from slobench.client.result import RequestResult
+    from slobench.clock import RunClock
+    from slobench.errors import UserError
+
+    sse = chunked(b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n',
+                  b"data: [DONE]\n\n")
+
+    async def main() -> None:
+        server = RawServer(lambda n: [sse])
+        async with server as url:
+            clock = RunClock()
+            pool = ConnectionPool(url, clock.now)
+            for target, headers in [(url + "/proxy/v1?api-version=2024-06-01", None),
+                                    (url, {"Host": "gateway.example", "X-Team": "a b"})]:
+                backend = OpenAIBackend(target, model="m", preset=get_preset("generic"),
+                                        headers=headers)
+                result = RequestResult("r", "c", "app", 0.0, 1)
+                await backend.send(pool, backend.prepare("hello", 4), result, clock)
+                assert result.status == "ok" and result.output_tokens == 1, result.error
+            pool.close()
+        first, second = (h.decode().split("\r\n") for h in server.heads)
+        assert first[0] == "POST /proxy/v1/chat/completions?api-version=2024-06-01 HTTP/1.1"
+        assert second[0] == "POST /v1/chat/completions HTTP/1.1"
+        hosts = [line for line in second if line.lower().startswith("host:")]
+        assert hosts == ["Host: gateway.example"] and "X-Team: a b" in second
+        for head in (first, second):
+            assert sum(line.lower().startswith("content-length:") for line in head) == 1
+        with pytest.raises(UserError, match="--header"):
+            OpenAIBackend(url, model="m", preset=get_preset("generic"),
+                          headers={"X-Bad": "a\r\nInjected: 1"})
+        with pytest.raises(UserError, match="--header"):
+            OpenAIBackend(url, model="m", preset=get_preset("generic"),
+                          headers={"Content-Length": "5"})
+        with pytest.raises(UserError, match="percent-encode"):
+            OpenAIBackend(url + "/v1?a=b c", model="m", preset=get_preset("generic"))
 
     run(main())

@@ -20,7 +20,12 @@ import aiohttp
 import orjson
 import pyarrow as pa
 
-from slobench.client.backends.openai import OpenAIBackend, normalize_base_url, request_headers
+from slobench.client.backends.openai import (
+    OpenAIBackend,
+    normalize_base_url,
+    request_headers,
+    target_query,
+)
 from slobench.client.backends.presets import AUTO, resolve_preset
 from slobench.client.journal import Journal
 from slobench.client.pacing import LoadPlan
@@ -164,7 +169,8 @@ async def probe_target(target: TargetConfig, timeout_s: float = 10.0) -> str:
     headers = request_headers(target.url or "", target.api_key, target.headers)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
-                s.get(base + "/v1/models", headers=headers) as resp:
+                s.get(base + "/v1/models" + target_query(target.url or ""),
+                      headers=headers) as resp:
             status = resp.status
             body = await resp.read() if status == 200 else b""
     except aiohttp.ClientConnectorError as exc:

@@ -55,6 +55,15 @@ def normalize_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
+def target_query(url: str) -> str:
+    """The query of a target URL as it goes on each request path (``?a=b``), or ""."""
+    query = urlsplit(url.strip()).query
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in query):
+        raise UserError("--target: the URL's query has a space or a control character; "
+                        "percent-encode it (%20)")
+    return f"?{query}" if query else ""
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|sig|cred|session", re.IGNORECASE)
 
@@ -131,6 +140,9 @@ class OpenAIBackend:
         self.endpoint = endpoint
         self.base_url = normalize_base_url(base_url)
         self.url = self.base_url + ENDPOINTS[endpoint]
+        # a query in the target URL (Azure's ?api-version=, a gateway's key) goes on every
+        # request; it is never written down (see strip_credentials)
+        self.query = target_query(base_url)
         self.model = model
         self.preset = preset
         self.stream = stream
@@ -178,7 +190,7 @@ class OpenAIBackend:
         head = self._heads.get(pool.host_header)
         if head is None:
             given = {k.lower() for k in self.headers}
-            lines = [f"POST {urlsplit(self.url).path} HTTP/1.1",
+            lines = [f"POST {urlsplit(self.url).path}{self.query} HTTP/1.1",
                      *([f"Host: {pool.host_header}"] if "host" not in given else []),
                      *(["User-Agent: slobench"] if "user-agent" not in given else []),
                      *(f"{k}: {v}" for k, v in self.headers.items()), "Content-Length: "]
