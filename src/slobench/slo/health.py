@@ -81,19 +81,22 @@ def assess(records: pa.Table, cpu_samples: CpuSamples | None, *,
         if worker_of_row is not None:
             ids |= {int(k) for k in np.unique(worker_of_row) if k >= 0}
         workers = []
+        lag_flagged = False
         for k in sorted(ids):
             who = f"worker {k}: "
             mask = (worker_of_row == k) if worker_of_row is not None else np.zeros(0, bool)
             wlag = percentiles(lags[mask] if mask.size else np.zeros(0), (50, 99))
             wcpu, cpu_reasons = _cpu((per_worker or {}).get(str(k)), cpu_threshold, who)
-            wreasons = _lag_reason(wlag, lag_threshold_s, who) + cpu_reasons
+            lag_reasons = _lag_reason(wlag, lag_threshold_s, who)
+            lag_flagged = lag_flagged or bool(lag_reasons)
+            wreasons = lag_reasons + cpu_reasons
             if str(k) in failed:
                 wreasons.append(f"worker {k} {failed[str(k)]}")
             workers.append({"worker": k, "requests": int(mask.sum()), "send_lag_s": wlag,
                             "cpu": wcpu, "valid": not wreasons, "reasons": wreasons,
                             "failed": failed.get(str(k))})
             reasons += wreasons
-        if not any(r for w in workers for r in w["reasons"] if "send lag" in r):
+        if not lag_flagged:
             reasons += _lag_reason(lag, lag_threshold_s)  # the pooled tail, as a backstop
         pooled = [s for w in (per_worker or {}).values() for s in w]
         cpu, _ = _cpu(pooled, cpu_threshold)  # per worker, on average: the verdict is above
