@@ -496,11 +496,12 @@ VLLM_METRICS = {
     "vllm:num_requests_waiting": "gauge",
     "vllm:kv_cache_usage_perc": "gauge",
     "vllm:gpu_cache_usage_perc": "gauge",
-    "vllm:prompt_tokens_total": None,
-    "vllm:generation_tokens_total": None,
-    "vllm:num_preemptions_total": None,
-    "vllm:prefix_cache_queries_total": None,
-    "vllm:prefix_cache_hits_total": None,
+    # counters: the family's name drops "_total"; the series keep it (vllm:prompt_tokens_total)
+    "vllm:prompt_tokens": "counter",
+    "vllm:generation_tokens": "counter",
+    "vllm:num_preemptions": "counter",
+    "vllm:prefix_cache_queries": "counter",
+    "vllm:prefix_cache_hits": "counter",
     "vllm:time_to_first_token_seconds": "histogram",
     "vllm:e2e_request_latency_seconds": "histogram",
 }

@@ -207,16 +207,17 @@ class _Metrics:
                               registry=r)
         self.gpu_cache = Gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (0..1), v0 name",
                                labels, registry=r)
-        self.prompt_tokens = Gauge("vllm:prompt_tokens_total", "Prefill tokens processed",
-                                   labels, registry=r)
-        self.generation_tokens = Gauge("vllm:generation_tokens_total", "Tokens generated",
-                                       labels, registry=r)
-        self.preemptions = Gauge("vllm:num_preemptions_total", "Preemptions", labels,
-                                 registry=r)
-        self.prefix_queries = Gauge("vllm:prefix_cache_queries_total", "Prefix-cache queries "
-                                    "(tokens)", labels, registry=r)
-        self.prefix_hits = Gauge("vllm:prefix_cache_hits_total", "Prefix-cache hits (tokens)",
-                                 labels, registry=r)
+        # vLLM's *_total series are counters: advanced by the scheduler's growth at each scrape
+        self.totals = {
+            key: Counter(name, help_text, labels, registry=r)
+            for key, name, help_text in (
+                ("prompt_tokens_total", "vllm:prompt_tokens_total", "Prefill tokens processed"),
+                ("generation_tokens_total", "vllm:generation_tokens_total", "Tokens generated"),
+                ("preemptions_total", "vllm:num_preemptions_total", "Preemptions"),
+                ("prefix_cache_queries", "vllm:prefix_cache_queries_total",
+                 "Prefix-cache queries (tokens)"),
+                ("prefix_cache_hits", "vllm:prefix_cache_hits_total",
+                 "Prefix-cache hits (tokens)"))}
         self.success = Counter("vllm:request_success", "Finished requests", labels, registry=r)
         buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80)
         self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", labels,
@@ -232,9 +233,9 @@ class _Metrics:
         self.steps = Counter("slobench_emulator_steps", "Engine steps", labels, registry=r)
         self.step_tokens = Counter("slobench_emulator_step_tokens", "Tokens computed by engine "
                                    "steps (prefill and decode)", labels, registry=r)
-        self._counted = {"steps": 0, "tokens": 0}
-        self.steps.labels(model)  # exported (as 0) from the first scrape on
-        self.step_tokens.labels(model)
+        self._counted: dict[str, float] = {}
+        for counter in (self.steps, self.step_tokens, *self.totals.values()):
+            counter.labels(model)  # exported (as 0) from the first scrape on
 
     def render(self, loop: EngineLoop) -> bytes:
         s = loop.scheduler.stats
@@ -243,19 +244,17 @@ class _Metrics:
         self.waiting.labels(m).set(s.get("waiting", 0))
         self.kv_usage.labels(m).set(s.get("kv_usage", 0.0))
         self.gpu_cache.labels(m).set(s.get("kv_usage", 0.0))
-        self.prompt_tokens.labels(m).set(s.get("prompt_tokens_total", 0))
-        self.generation_tokens.labels(m).set(s.get("generation_tokens_total", 0))
-        self.preemptions.labels(m).set(s.get("preemptions_total", 0))
-        self.prefix_queries.labels(m).set(s.get("prefix_cache_queries", 0))
-        self.prefix_hits.labels(m).set(s.get("prefix_cache_hits", 0))
         self.late_steps.labels(m).set(loop.late_steps)
         self.lag_max.labels(m).set(loop.lag_max_s)
         now = {"steps": s.get("steps_total", 0), "tokens": s.get("prefill_tokens_computed", 0)
                + s.get("decode_tokens_computed", 0)}
-        for key, counter in (("steps", self.steps), ("tokens", self.step_tokens)):
-            if now[key] > self._counted[key]:
-                counter.labels(m).inc(now[key] - self._counted[key])
-                self._counted[key] = now[key]
+        now.update((key, s.get(key, 0)) for key in self.totals)
+        counters = {"steps": self.steps, "tokens": self.step_tokens, **self.totals}
+        for key, counter in counters.items():
+            grown = now[key] - self._counted.get(key, 0)
+            if grown > 0:
+                counter.labels(m).inc(grown)
+            self._counted[key] = now[key]  # (a scheduler reset starts the growth over)
         return generate_latest(self.registry)
 
 
