@@ -32,7 +32,14 @@ from slobench.client.pacing import LoadPlan
 from slobench.client.probe import identify_server
 from slobench.client.ray_shards import RayCluster
 from slobench.client.ray_shards import connect as connect_ray
-from slobench.client.runner import Progress, Runner, RunOutcome, Timeouts, new_event_loop
+from slobench.client.runner import (
+    Progress,
+    Runner,
+    RunOutcome,
+    Timeouts,
+    new_event_loop,
+    sigint_ignored,
+)
 from slobench.client.shards import (
     ShardedRunner,
     default_workers,
@@ -246,6 +253,7 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
     synth = None if from_server else make_synthesizer(
         cfg.tokenizer, cfg.prompt_corpus, block_tokens=cfg.prefix_block_tokens, chat=chat)
     loop = new_event_loop()
+    finishing = contextlib.ExitStack()
     try:
         model = loop.run_until_complete(probe_target(target))
         base_url = normalize_base_url(target.url or "")
@@ -315,9 +323,15 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
             outcome = (runner.run() if isinstance(runner, ShardedRunner)
                        else loop.run_until_complete(runner.run()))
         finally:
+            # the run has stopped: a Ctrl-C now (the second of a double press) must not leave
+            # its directory half written; what remains is bounded work
+            finishing.enter_context(sigint_ignored())
             scrape_info = scraper.stop() if scraper else (
                 None if cfg.scrape_interval_s <= 0 else
                 {"note": f"{preset.engine} has no Prometheus endpoint slobench can read"})
+    except BaseException:
+        finishing.close()
+        raise
     finally:
         loop.close()
         if cluster is not None:
@@ -325,43 +339,46 @@ def run_benchmark(workload: pa.Table, cfg: BenchmarkConfig, *,
 
             disconnect()
 
-    records, torn = run.finalize_records()
-    window = measurement_window(cfg.plan, outcome, records)
-    cpu_samples: list[float] | dict[str, list[float]] = outcome.cpu_samples
-    sharding: dict[str, Any] = {}
-    if isinstance(runner, ShardedRunner):
-        cpu_samples = runner.cpu_samples_by_worker()
-        runner.merge_prompt_stats(synth.stats)
-        sharding = {"workers": runner.describe()}
-    health = assess(records, cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
-                    cpu_threshold=cfg.cpu_threshold,
-                    failed_workers=sharding["workers"]["failed"] if sharding else None)
-    summary = summarize(records, slos, window=tuple(window))
-    from slobench.client.server_metrics import finalize as finalize_metrics
-    from slobench.client.server_metrics import run_summary as server_summary
+    try:
+        records, torn = run.finalize_records()
+        window = measurement_window(cfg.plan, outcome, records)
+        cpu_samples: list[float] | dict[str, list[float]] = outcome.cpu_samples
+        sharding: dict[str, Any] = {}
+        if isinstance(runner, ShardedRunner):
+            cpu_samples = runner.cpu_samples_by_worker()
+            runner.merge_prompt_stats(synth.stats)
+            sharding = {"workers": runner.describe()}
+        health = assess(records, cpu_samples, lag_threshold_s=cfg.lag_threshold_s,
+                        cpu_threshold=cfg.cpu_threshold,
+                        failed_workers=sharding["workers"]["failed"] if sharding else None)
+        summary = summarize(records, slos, window=tuple(window))
+        from slobench.client.server_metrics import finalize as finalize_metrics
+        from slobench.client.server_metrics import run_summary as server_summary
 
-    finalize_metrics(run.path)
-    server_metrics = server_summary(run.path, scrape_info, records, window)
-    run.write_json(SUMMARY, {"summary": summary, "client_health": health,
-                             "server_metrics": server_metrics})
-    manifest = run.update_manifest(
-        status="interrupted" if outcome.interrupted else "complete",
-        server_metrics=server_metrics,
-        window=window,
-        cpu_samples=cpu_samples,
-        client_health=health,
-        token_counting=token_counting(records),
-        requests_sent=outcome.sent,
-        dispatch_poll={"wall_s": outcome.spin_s, "iterations": outcome.polls,
-                       "cpu_per_iteration_s": outcome.poll_cost_s},
-        journal={"torn_lines": torn},
-        prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
-                 **synth.stats.as_dict(), "images_dropped": runner.images_dropped},
-        length_fidelity=length_fidelity(workload, records),
-        **sharding,
-    )
-    register_safely(run.path, catalog=cfg.catalog, pid=os.getpid(),
-                    doc={"summary": summary, "client_health": health})
+        finalize_metrics(run.path)
+        server_metrics = server_summary(run.path, scrape_info, records, window)
+        run.write_json(SUMMARY, {"summary": summary, "client_health": health,
+                                 "server_metrics": server_metrics})
+        manifest = run.update_manifest(
+            status="interrupted" if outcome.interrupted else "complete",
+            server_metrics=server_metrics,
+            window=window,
+            cpu_samples=cpu_samples,
+            client_health=health,
+            token_counting=token_counting(records),
+            requests_sent=outcome.sent,
+            dispatch_poll={"wall_s": outcome.spin_s, "iterations": outcome.polls,
+                           "cpu_per_iteration_s": outcome.poll_cost_s},
+            journal={"torn_lines": torn},
+            prompts={"tokenizer": synth.tokenizer.name, "overhead_tokens": synth.overhead,
+                     **synth.stats.as_dict(), "images_dropped": runner.images_dropped},
+            length_fidelity=length_fidelity(workload, records),
+            **sharding,
+        )
+        register_safely(run.path, catalog=cfg.catalog, pid=os.getpid(),
+                        doc={"summary": summary, "client_health": health})
+    finally:
+        finishing.close()
     if cfg.html_report:
         from slobench.report.run_report import try_write_run_report  # a failure only warns
         try_write_run_report(run.path)

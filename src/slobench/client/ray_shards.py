@@ -21,6 +21,7 @@ Ray is an optional extra: imported only here, and only when ``--ray`` is used.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from slobench.client.journal import Journal
+from slobench.client.runner import sigint_ignored
 from slobench.client.shards import (
     SETUP_TIMEOUT_S,
     ShardedRunner,
@@ -43,6 +45,9 @@ from slobench.errors import UserError
 
 START_MARGIN_S = 0.5  # remote calls take a few ms each; the start goes out this far ahead
 TICK_S = 0.1  # the driver pulls every actor's messages this often
+PULL_WAIT_S = 1.0  # a tick waits this long at most for the pulls: a stuck node delays the
+# others' records by this much, never the driver's reaction to Ctrl-C or a dead actor
+CLOSE_PULL_S = 10.0  # at the end, the last pull of a live actor is waited for this long
 PINGS = 7  # round trips per actor for the clock-offset estimate (the fastest one counts)
 OFFSET_WARN_MS = 5.0  # clock offset or half round trip above this: the manifest warns
 MAX_DEFAULT_WORKERS = 64  # the default --workers with --ray: the cluster's CPUs, at most this
@@ -115,7 +120,8 @@ def disconnect() -> None:
     except ImportError:
         return
     if ray.is_initialized():
-        ray.shutdown()
+        with sigint_ignored():
+            ray.shutdown()
 
 
 # -- the worker side -----------------------------------------------------------------------------
@@ -238,14 +244,23 @@ class RayShard:
         self._journal = open(spec.journal_path, "ab")  # noqa: SIM115 - held open for the run
         self._pull: Any = None
         self._pull_after_exit = False
+        self._leaving = False  # a second Ctrl-C: last pull, then kill
         self._finished = False
         self._exit = "still running"
 
-    def sync_clock(self, timeout_s: float) -> None:
+    def sync_clock(self, timeout_s: float, interrupted: Callable[[], bool]) -> bool:
         """Where the actor runs and its wall-clock offset: the fastest of a few round trips,
-        the actor's clock read at the midpoint."""
+        the actor's clock read at the midpoint. False: Ctrl-C came before the actor was placed
+        (a busy cluster may keep it waiting for minutes)."""
         ray = _ray()
-        self.node = ray.get(self.actor.where.remote(), timeout=timeout_s)  # also: it is placed
+        where = self.actor.where.remote()  # answered once the actor is placed
+        deadline = time.monotonic() + timeout_s
+        while not ray.wait([where], timeout=0.25)[0]:
+            if interrupted():
+                return False
+            if time.monotonic() > deadline:
+                raise ray.exceptions.GetTimeoutError(f"not placed in {timeout_s:.0f} s")
+        self.node = ray.get(where)
         best: tuple[int, int] | None = None
         for _ in range(PINGS):
             t0 = time.time_ns()
@@ -255,6 +270,7 @@ class RayShard:
                 best = (t1 - t0, remote - (t0 + t1) // 2)
         assert best is not None
         self.rtt_ns, self.offset_ns = best
+        return True
 
     def start(self) -> None:
         self.run_ref = self.actor.run.remote()
@@ -269,15 +285,19 @@ class RayShard:
                                      and ray.wait([self.run_ref], timeout=0)[0])
         self._pull = self.actor.pull.remote()
 
-    def messages(self) -> list[tuple[Any, ...]]:
+    def messages(self, wait_s: float = 0.0) -> list[tuple[Any, ...]]:
+        """The actor's messages, once its pull has arrived (waited for ``wait_s`` at most: a
+        slow node's come a later tick; the records go to the journal here)."""
         ray = _ray()
         self.request_pull()
         if self._pull is None:
             return []
-        try:
-            batch = ray.get(self._pull, timeout=30)
-        except ray.exceptions.GetTimeoutError:  # a slow node: try again next tick
+        if not ray.wait([self._pull], timeout=wait_s)[0]:
+            if self._leaving:  # its last pull did not come within the tick's wait
+                self._kill("killed by a second Ctrl-C")
             return []
+        try:
+            batch = ray.get(self._pull)
         except ray.exceptions.RayError as exc:
             self._pull = None
             self._dead(exc)
@@ -298,7 +318,16 @@ class RayShard:
                 self._exit = "returned"
             except ray.exceptions.RayError as exc:
                 self._dead(exc)
+        elif self._leaving:
+            self._kill("killed by a second Ctrl-C")
         return out
+
+    def _kill(self, note: str) -> None:
+        """Kill the actor now (what it queued but was not pulled is lost)."""
+        _ray().kill(self.actor, no_restart=True)
+        self.open = False
+        self._finished = True
+        self._exit = note
 
     def _dead(self, exc: BaseException) -> None:
         self.open = False
@@ -317,13 +346,14 @@ class RayShard:
         return self._exit
 
     def signal(self, sig: int) -> None:
-        """SIGINT: stop now; anything harder: kill the actor."""
-        import signal as signals
-
+        """SIGINT (a second Ctrl-C): leave now, as a worker process does: what the actor has
+        queued comes with the next tick's pull (if it comes within ``PULL_WAIT_S``), then it is
+        killed. Anything harder: kill it."""
         if self._finished:
             return
-        if sig == signals.SIGINT:
-            self.send(("stop",))
+        if sig == signal.SIGINT:
+            self._leaving = True
+            self.request_pull()
         else:
             _ray().kill(self.actor, no_restart=True)
 
@@ -332,10 +362,10 @@ class RayShard:
         if not self._finished and self.run_ref is not None:
             ray.wait([self.run_ref], timeout=timeout_s)
         for _ in range(2):  # what is still queued there is records: keep them (a pull asked
-            if not self.open:  # for before the run ended may not be the last)
-                break
+            if not self.open or self.run_ref is None:  # for before the run ended may not be
+                break  # the last); an actor that never ran has none
             self.request_pull()
-            self.messages()
+            self.messages(CLOSE_PULL_S)
         ray.kill(self.actor, no_restart=True)
         self._journal.close()
 
@@ -360,12 +390,17 @@ class RayShardedRunner(ShardedRunner):
             self._shards.append(shard)
         for shard in shards:
             try:
-                shard.sync_clock(SETUP_TIMEOUT_S)
+                placed = shard.sync_clock(SETUP_TIMEOUT_S, lambda: self._interrupts > 0)
             except ray.exceptions.GetTimeoutError:
                 raise UserError(f"--ray: client worker {shard.index} was not placed on the "
                                 f"cluster within {SETUP_TIMEOUT_S:.0f} s (each takes one CPU); "
                                 "try fewer --workers") from None
+            if not placed:  # Ctrl-C while waiting for the cluster: start no more
+                break
             shard.start()
+        for shard in shards:
+            if shard.run_ref is None:
+                shard._kill("stopped while starting")
         for shard in shards:
             offset_ms, half_rtt_ms = shard.offset_ns / 1e6, shard.rtt_ns / 2e6
             if abs(offset_ms) > OFFSET_WARN_MS:
@@ -388,6 +423,9 @@ class RayShardedRunner(ShardedRunner):
             time.sleep(TICK_S)
         for shard in self._shards:  # every actor at once; messages() collects
             shard.request_pull()
+        pulls = [s._pull for s in self._shards if s._pull is not None]
+        if pulls:
+            ray.wait(pulls, num_returns=len(pulls), timeout=PULL_WAIT_S)
 
     def _send_start(self, shards: list[Any]) -> None:
         wall_start = time.time_ns() + int(START_MARGIN_S * NS_PER_S)

@@ -12,8 +12,9 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -676,6 +677,21 @@ def _count_images(history: Any) -> int:
         return 0
     return sum(1 for m in history if isinstance(m.get("content"), list)
                for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url")
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ctrl-C is dropped inside (main thread only): for the bounded work of finishing a run
+    that has already stopped (leaving a Ray cluster, writing the run directory), which a second
+    press of a double Ctrl-C would otherwise cut short, leaving the run unfinished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved if saved is not None else signal.default_int_handler)
 
 
 def raise_open_file_limit() -> None:
