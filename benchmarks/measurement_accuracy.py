@@ -123,6 +123,10 @@ class Load:
     concurrency: int
     requests: int
     tokens_per_chunk: int
+    # what every tool asks for (real_engine_agreement.py drives llama-server with its own)
+    input_tokens: int = INPUT_TOKENS
+    output_tokens: int = OUTPUT_TOKENS
+    model: str = MODEL
 
 
 class Tool:
@@ -151,8 +155,9 @@ class Slobench(Tool):
     name = "slobench"
     itl_definition = "every gap between per-token arrival times (k-token chunk: k-1 zero gaps)"
 
-    def __init__(self, extra_args: list[str]) -> None:
+    def __init__(self, extra_args: list[str], engine: str = "generic") -> None:
         self.extra_args = extra_args
+        self.engine = engine  # slobench's engine preset (what it sends, e.g. ignore_eos)
         venv = REPO / ".venv" / "bin" / "slobench"
         self.exe = str(venv) if venv.exists() else shutil.which("slobench")
 
@@ -160,10 +165,10 @@ class Slobench(Tool):
         return None if self.exe else "slobench CLI not found"
 
     def command(self, url, load, out, tokenizer):
-        return [self.exe, "run", "--target", url, "--engine", "generic", "--model", MODEL,
+        return [self.exe, "run", "--target", url, "--engine", self.engine, "--model", load.model,
                 "--mode", "closed", "--users", str(load.concurrency), "--think-time", "0",
-                "--requests", str(load.requests), "--input-tokens", str(INPUT_TOKENS),
-                "--output-tokens", str(OUTPUT_TOKENS), "--quiet", "--scrape-interval", "0",
+                "--requests", str(load.requests), "--input-tokens", str(load.input_tokens),
+                "--output-tokens", str(load.output_tokens), "--quiet", "--scrape-interval", "0",
                 "--out", str(out), "--run-id", "run", *self.extra_args], {}
 
     def parse(self, out):
@@ -208,9 +213,9 @@ class VllmBench(Tool):
     def command(self, url, load, out, tokenizer):
         return [str(self.python), str(ROOT / "peers" / "vllm_bench.py"), "bench", "serve",
                 "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
-                "--base-url", url, "--model", MODEL, "--tokenizer", str(tokenizer),
-                "--dataset-name", "random", "--random-input-len", str(INPUT_TOKENS),
-                "--random-output-len", str(OUTPUT_TOKENS), "--ignore-eos",
+                "--base-url", url, "--model", load.model, "--tokenizer", str(tokenizer),
+                "--dataset-name", "random", "--random-input-len", str(load.input_tokens),
+                "--random-output-len", str(load.output_tokens), "--ignore-eos",
                 "--num-prompts", str(load.requests), "--max-concurrency", str(load.concurrency),
                 "--request-rate", "inf", "--seed", "0", "--disable-tqdm",
                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
@@ -240,13 +245,13 @@ class Guidellm(Tool):
 
     def command(self, url, load, out, tokenizer):
         spec = {
-            "backend": {"kind": "openai_http", "target": url, "model": MODEL,
+            "backend": {"kind": "openai_http", "target": url, "model": load.model,
                         "request_format": "/v1/chat/completions"},
             "profile": {"kind": "concurrent", "streams": load.concurrency},
             "constraints": [{"kind": "max_requests", "count": load.requests}],
             "tokenizer": {"kind": "huggingface_auto", "model": str(tokenizer)},
-            "data": [{"kind": "synthetic_text", "prompt_tokens": INPUT_TOKENS,
-                      "output_tokens": OUTPUT_TOKENS}],
+            "data": [{"kind": "synthetic_text", "prompt_tokens": load.input_tokens,
+                      "output_tokens": load.output_tokens}],
             "outputs": [{"kind": "json", "path": str(out / "guidellm.json")}],
         }
         (out / "scenario.json").write_text(json.dumps({"spec": spec}))
@@ -287,11 +292,12 @@ class Aiperf(Tool):
     def command(self, url, load, out, tokenizer):
         # Token counts from the server's usage: the scripted server's words are not tokens of
         # any real tokenizer. (HF_HUB_OFFLINE would break aiperf's loading of a local tokenizer.)
-        return [str(self.exe), "profile", "--model", MODEL, "--url", url,
+        return [str(self.exe), "profile", "--model", load.model, "--url", url,
                 "--endpoint-type", "chat", "--streaming", "--concurrency", str(load.concurrency),
                 "--request-count", str(load.requests),
-                "--prompt-input-tokens-mean", str(INPUT_TOKENS), "--prompt-input-tokens-stddev",
-                "0", "--prompt-output-tokens-mean", str(OUTPUT_TOKENS),
+                "--prompt-input-tokens-mean", str(load.input_tokens),
+                "--prompt-input-tokens-stddev", "0",
+                "--prompt-output-tokens-mean", str(load.output_tokens),
                 "--prompt-output-tokens-stddev", "0", "--tokenizer", str(tokenizer),
                 "--use-server-token-count", "--random-seed", "0",
                 "--output-artifact-dir", str(out / "aiperf"), "--ui", "none",
