@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -551,6 +551,29 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+S = TypeVar("S")
+
+
+def run_child(argv: list[str], out: Path, limit_s: float,
+              sampler: Callable[[int], contextlib.AbstractContextManager[S]], *,
+              env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int | None, S]:
+    """Run a tool as a child process in its own session, its output in ``out``/stdout.txt and
+    stderr.txt, watched by ``sampler(pid)`` (a context manager) while it runs; its exit code
+    (None: it ran past ``limit_s`` and was killed, with its process tree) and the sampler."""
+    with (out / "stdout.txt").open("wb") as so, (out / "stderr.txt").open("wb") as se:
+        proc = subprocess.Popen(argv, stdout=so, stderr=se, stdin=subprocess.DEVNULL, cwd=cwd,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        with sampler(proc.pid) as watching:
+            try:
+                rc: int | None = proc.wait(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                rc = None
+            finally:
+                _kill_tree(proc)
+                proc.wait()
+    return rc, watching
+
+
 def run_tool(tool: Tool, srv: ScriptedServerProcess, load: Load, tmp: Path, tokenizer: Path,
              console: Console) -> dict[str, Any]:
     row: dict[str, Any] = {"tool": tool.name, "concurrency": load.concurrency,
@@ -567,18 +590,9 @@ def run_tool(tool: Tool, srv: ScriptedServerProcess, load: Load, tmp: Path, toke
     limit_s = 120 + 4 * expected_s
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall0 = time.perf_counter()
-    with (out / "stdout.txt").open("wb") as so, (out / "stderr.txt").open("wb") as se:
-        proc = subprocess.Popen(argv, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
-                                cwd=out, env={**os.environ, **env}, start_new_session=True)
-        server_pid = srv.proc.pid if srv.proc else None
-        with CpuSampler(proc.pid, server_pid) as sampler:
-            try:
-                rc = proc.wait(timeout=limit_s)
-            except subprocess.TimeoutExpired:
-                rc = None
-            finally:
-                _kill_tree(proc)
-                proc.wait()
+    server_pid = srv.proc.pid if srv.proc else None
+    rc, sampler = run_child(argv, out, limit_s, lambda pid: CpuSampler(pid, server_pid), env=env,
+                            cwd=out)
     wall = time.perf_counter() - wall0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     truth = truth_of(srv.truth(clear=True))
@@ -649,17 +663,7 @@ def open_loop(exe: str, extra: list[str], url: str, rate: float, duration_s: flo
             "--run-id", "run", *extra]
     row: dict[str, Any] = {"rate_rps": rate, "duration_s": duration_s}
     out.mkdir(parents=True)
-    with (out / "stdout.txt").open("wb") as so, (out / "stderr.txt").open("wb") as se:
-        proc = subprocess.Popen(argv, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        with CpuSampler(proc.pid, None) as sampler:
-            try:
-                rc = proc.wait(timeout=120 + 4 * duration_s)
-            except subprocess.TimeoutExpired:
-                rc = None
-            finally:
-                _kill_tree(proc)
-                proc.wait()
+    rc, sampler = run_child(argv, out, 120 + 4 * duration_s, lambda pid: CpuSampler(pid, None))
     run = out / "run"
     if rc is None or not (run / "records.parquet").exists():  # an invalid run still has records
         return {**row, "status": "failed", "exit_code": rc,

@@ -52,7 +52,6 @@ import math
 import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,9 +77,9 @@ from measurement_accuracy import (
     Tool,
     VllmBench,
     _clean,
-    _kill_tree,
     _num,
     git_state,
+    run_child,
     tool_versions,
 )
 
@@ -481,17 +480,8 @@ def run_tool(tool: Tool, srv: Any, load: Load, tmp: Path, tokenizer: Path,
     limit_s = 300 + 10 * load.requests
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall0 = time.perf_counter()
-    with (out / "stdout.txt").open("wb") as so, (out / "stderr.txt").open("wb") as se:
-        proc = subprocess.Popen(argv, stdout=so, stderr=se, stdin=subprocess.DEVNULL, cwd=out,
-                                env={**os.environ, **env}, start_new_session=True)
-        with MachineSampler(proc.pid, srv.proc.pid) as sampler:
-            try:
-                rc = proc.wait(timeout=limit_s)
-            except subprocess.TimeoutExpired:
-                rc = None
-            finally:
-                _kill_tree(proc)
-                proc.wait()
+    rc, sampler = run_child(argv, out, limit_s, lambda pid: MachineSampler(pid, srv.proc.pid),
+                            env=env, cwd=out)
     wall = time.perf_counter() - wall0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after, log = settle(srv.base_url, srv.log, offset)
