@@ -321,3 +321,24 @@ def test_backend_request_line_headers_and_query() -> None:
             OpenAIBackend(url + "/v1?a=b c", model="m", preset=get_preset("generic"))
 
     run(main())
+
+
+def test_idle_connection_closed_by_the_server_is_not_handed_out() -> None:
+    # llama-server style: a keep-alive answer, then the server closes the idle connection
+    async def main() -> None:
+        server = RawServer(lambda n: [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+                           close_after=True)
+        async with server as url:
+            pool = make_pool(url)
+            first = await pool.acquire()
+            await first.exchange(REQUEST, Sink())
+            await asyncio.sleep(0.2)  # the server's FIN arrives
+            assert first.closed
+            second = await pool.acquire()
+            assert second is not first
+            sink = Sink()
+            await second.exchange(REQUEST, sink)
+            assert sink.ended and server.connections == 2
+            pool.close()
+
+    run(main())

@@ -166,7 +166,10 @@ class Connection(asyncio.Protocol):
                                        f"{MAX_HEADER_BYTES >> 10} KiB"))
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too: connection_lost follows
+        if self._sink is None:  # idle: never hand it out again (connection_lost follows)
+            self.closed = True
+            self._pool._forget(self)
+        return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -250,7 +253,14 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._headers_done = self._framed = False
         waiter = self._waiter = self._pool.loop.create_future()
-        self.transport.write(request)
+        try:
+            if self.transport.is_closing():
+                raise ConnectionResetError("the connection was closing")
+            self.transport.write(request)
+        except (OSError, RuntimeError) as exc:  # closed under us: as a stale keep-alive
+            self._sink = self._waiter = None
+            self.abort()
+            raise ConnectionLost(f"connection lost: {exc}", before_response=True) from None
         try:
             await waiter
         except BaseException:
