@@ -109,17 +109,11 @@ def _read_document(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     else:
+        from slobench import tomlread
+
         try:
-            import tomllib  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-            except ImportError:
-                raise UserError(f"{path}: reading TOML needs Python 3.11+ (or the tomli "
-                                "package); write the sweep file as JSON instead") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            data = tomlread.loads(text)
+        except tomlread.TOMLDecodeError as exc:
             raise UserError(f"{path}: not valid TOML ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep file is a table (TOML) or an object (JSON) of keys "

@@ -21,12 +21,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from slobench import tomlread
 from slobench.errors import UserError, did_you_mean
-
-try:  # Python 3.11+
-    import tomllib as _tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    _tomllib = None  # type: ignore[assignment]
 
 __all__ = [
     "GPUS",
@@ -283,11 +279,9 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} file '{p}' cannot be read: {exc}") from None
     if p.suffix.lower() == ".toml":
-        if _tomllib is None:  # pragma: no cover - Python 3.10
-            raise UserError(f"{what} file '{p}': TOML needs Python 3.11+; write it as JSON")
         try:
-            data: Any = _tomllib.loads(text)
-        except _tomllib.TOMLDecodeError as exc:
+            data: Any = tomlread.loads(text)
+        except tomlread.TOMLDecodeError as exc:
             raise UserError(f"{what} file '{p}' is not valid TOML: {exc}") from None
     else:
         try:

@@ -41,14 +41,12 @@ def load_prices(path: str | Path | None) -> dict[str, float]:
                         ) from None
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            from slobench import tomlread
 
-            data = tomllib.loads(text)
+            data = tomlread.loads(text)
         else:
             data = json.loads(text)
-    except ImportError:
-        raise UserError(f"--prices {path}: TOML needs Python 3.11+; use JSON") from None
-    except ValueError as exc:
+    except ValueError as exc:  # both decode errors are ValueErrors
         raise UserError(f"--prices {path}: not valid {path.suffix[1:] or 'JSON'} ({exc})") from None
     if not isinstance(data, dict):
         raise UserError(f"--prices {path}: expected a table of GPU name = dollars per hour")

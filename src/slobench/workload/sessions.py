@@ -517,14 +517,11 @@ def load_shapes(path: str | Path) -> dict[str, SessionShape]:
         raise UserError(f"{label}: cannot read the shapes file ({exc.strerror or exc}); check "
                         "the path") from None
     if path.suffix.lower() == ".toml":
+        from slobench import tomlread
+
         try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            raise UserError(f"{label}: reading TOML needs Python 3.11 or later; write the "
-                            "shapes as JSON (same keys)") from None
-        try:
-            data: Any = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data: Any = tomlread.loads(raw.decode("utf-8"))
+        except (tomlread.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{label}: not valid TOML ({exc})") from None
     else:
         try:
