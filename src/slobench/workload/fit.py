@@ -27,7 +27,6 @@ Weibull. The exact family of every window is kept in :class:`WindowFits` and sav
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 import time
@@ -56,6 +55,7 @@ from slobench.workload.pool import (
     _row_cumsum,
     mix_rows,
 )
+from slobench.workload.traces import csv_rows
 
 FAMILIES = ("exponential", "gamma", "weibull", "lognormal")
 # Codes of WindowFits.family: 0 idle, 1..4 FAMILIES, 5 active but too few gaps to fit.
@@ -301,7 +301,7 @@ def _row_locator(path: Path, kind: str) -> Callable[[int], str]:
     def where(i: int) -> str:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             if kind == "csv":
-                reader = csv.reader(fh)
+                reader = csv_rows(fh)
                 next(reader, None)
                 k = 0
                 for row in reader:
@@ -380,7 +380,7 @@ def _locate_unreadable(path: Path, kind: str) -> str | None:
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
             if kind == "csv":
-                reader = csv.reader(fh)
+                reader = csv_rows(fh)
                 header = next(reader, [])
                 for row in reader:
                     if row and len(row) != len(header) and any(x.strip() for x in row):

@@ -22,9 +22,10 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -36,6 +37,13 @@ import pyarrow.json as pa_json
 from slobench.errors import UserError
 from slobench.schema import conform_workload, read_workload
 from slobench.workload.synthetic import _request_ids
+
+
+def csv_rows(lines: Iterable[str]) -> Any:
+    """``csv.reader`` over ``lines``, with NUL characters shown as U+FFFD: Python 3.10's csv
+    module stops at a NUL with an error of its own (3.11 reads it as a character), and a file
+    of binary noise must still give slobench's one-line error, on either version."""
+    return csv.reader(line.replace("\0", "\ufffd") for line in lines)
 
 FORMATS = ("azure", "burstgpt", "mooncake", "vidur", "parquet", "jsonl")
 
@@ -166,7 +174,7 @@ def detect_format(path: str | Path) -> str:
             "(timestamp, input_length, output_length, hash_ids) nor a Workload (arrival_s, "
             "input_tokens, output_tokens); convert the trace or pass format="
         )
-    names = {_norm(n) for n in next(csv.reader([first]))}
+    names = {_norm(n) for n in next(csv_rows([first]))}
     if set(_AZURE_REQUIRED) <= names:
         return "azure"
     if {"requesttokens", "responsetokens"} <= names:
@@ -450,7 +458,7 @@ def _read_csv(path: Path, fmt: str, required: _Spec, optional: _Spec, names_hint
         )
     if line_no != 1:
         raise UserError(f"{path}:1: the header line is empty; put the header {names_hint} first")
-    header = next(csv.reader([first]))
+    header = next(csv_rows([first]))
     by_norm: dict[str, str] = {}
     for name in header:
         by_norm.setdefault(_norm(name), name)
