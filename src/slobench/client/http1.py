@@ -151,18 +151,18 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(BadResponse("bad HTTP response: the server switched protocols"))
+            self._finish(BadResponse("bad HTTP response: the server switched protocols"))
             return
         except httptools.HttpParserError as exc:
             self._pieces.clear()
-            self._fail(BadResponse(f"bad HTTP response: {exc}"))
+            self._finish(BadResponse(f"bad HTTP response: {exc}"))
             return
         if self._pieces:
             self._deliver()
         if in_head and not self._headers_done:  # (a read that ends the head may carry body)
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADER_BYTES:
-                self._fail(BadResponse(f"bad HTTP response: headers longer than "
+                self._finish(BadResponse(f"bad HTTP response: headers longer than "
                                        f"{MAX_HEADER_BYTES >> 10} KiB"))
 
     def eof_received(self) -> bool | None:
@@ -183,12 +183,12 @@ class Connection(asyncio.Protocol):
             return
         if not self._got_bytes:
             why = f": {exc}" if exc else ""
-            self._fail(ConnectionLost(f"connection lost: the server closed the connection "
+            self._finish(ConnectionLost(f"connection lost: the server closed the connection "
                                       f"before answering{why}", before_response=True))
         else:
             where = "body" if self._headers_done else "response headers"
             why = f" ({exc})" if exc else ""
-            self._fail(ConnectionLost(f"connection lost: closed in the middle of the "
+            self._finish(ConnectionLost(f"connection lost: closed in the middle of the "
                                       f"{where}{why}", before_response=False))
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -270,18 +270,18 @@ class Connection(asyncio.Protocol):
                 self.abort()
             raise
 
-    def _finish(self) -> None:
+    def _finish(self, failure: HTTPFailure | None = None) -> None:
+        """The exchange is over: wake its task, with ``failure`` (then the connection is
+        dropped) or without."""
         self._sink = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _fail(self, failure: HTTPFailure) -> None:
-        self._sink = None
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(failure)
-        self.abort()
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
+        if failure is not None:
+            self.abort()
 
     def _start_drain(self) -> None:
         self._draining = True
@@ -340,21 +340,8 @@ class ConnectionPool:
     async def _connect(self) -> Connection:
         where = f"{'https' if self.tls else 'http'}://{self.host_header}"
         try:
-            async with _deadline(self.connect_timeout_s):
-                addresses = await self._resolve()
-                error: OSError | None = None
-                for family, address in addresses:
-                    try:
-                        _, conn = await self.loop.create_connection(
-                            lambda: Connection(self), host=str(address[0]), port=self.port,
-                            family=family, ssl=self._ssl,
-                            server_hostname=self.host if self.tls else None)
-                        break
-                    except OSError as exc:
-                        error = exc
-                else:
-                    raise error or OSError(f"no address for {self.host}")
-        except TimeoutError:
+            conn = await asyncio.wait_for(self._open_connection(), self.connect_timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):  # distinct types before 3.11
             raise ConnectTimeout(f"timed out connecting to {where} after "
                                  f"{self.connect_timeout_s:g} s") from None
         except OSError as exc:
@@ -362,6 +349,19 @@ class ConnectionPool:
             raise ConnectFailed(f"cannot connect to {where}: {exc}") from None
         self._open.add(conn)
         return conn
+
+    async def _open_connection(self) -> Connection:
+        """A connection to the first of the name's addresses that answers."""
+        error: OSError | None = None
+        for family, address in await self._resolve():
+            try:
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self), host=str(address[0]), port=self.port,
+                    family=family, ssl=self._ssl, server_hostname=self.host if self.tls else None)
+                return conn
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"no address for {self.host}")
 
     async def _resolve(self) -> list[tuple[int, tuple[object, ...]]]:
         if time.monotonic() - self._resolved_at > DNS_TTL_S or not self._addresses:
@@ -387,31 +387,3 @@ class ConnectionPool:
     @property
     def open_connections(self) -> int:
         return len(self._open)
-
-
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float):  # type: ignore[no-untyped-def]
-    """``asyncio.timeout`` where it exists (3.11+), else the same through ``wait_for``'s
-    mechanism: cancel the task at the deadline and raise TimeoutError."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):  # type: ignore[attr-defined]
-            yield
-        return
-    task = asyncio.current_task()
-    assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    handle = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if expired:
-            raise TimeoutError from None
-        raise
-    finally:
-        handle.cancel()
